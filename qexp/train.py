@@ -1,0 +1,96 @@
+"""``python -m qexp.train``: train a classifier and export its weights for quantization.
+
+Glue only: compose the data module, network and recipe from the config, fit (resuming from
+``<output_dir>/checkpoints/last.ckpt`` when it exists), test once, export the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from qexp.callbacks import EpochLog
+from qexp.errors import exit_on_user_error
+from qexp.module import Classifier
+from qexp.provenance import git_commit, hardware, versions
+from qexp.weights import arch_name, save_weights
+
+log = logging.getLogger(__name__)
+
+
+def choose_weights(metrics: dict[str, float]) -> str:
+    """``"ema"`` when the EMA scores at least as well as the raw weights on validation.
+
+    Without a validation split there is nothing honest to choose on, and the EMA (the
+    recipe's intended output) is taken when it exists.
+    """
+    if "val/ema_acc" in metrics and "val/acc" in metrics:
+        return "ema" if metrics["val/ema_acc"] >= metrics["val/acc"] else "raw"
+    return "ema" if "test/ema_acc" in metrics else "raw"
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test and export; return the exported file's metadata."""
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    output_dir = Path(cfg.output_dir)
+    datamodule = instantiate(cfg.data)
+    module = Classifier(instantiate(cfg.model), **instantiate(cfg.optim), compile=cfg.compile)
+    clock = EpochLog()
+    interactive = sys.stdout.isatty()  # a progress bar floods nohup and CI logs
+    callbacks = [clock, ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)]
+    if interactive:
+        callbacks.append(TQDMProgressBar(refresh_rate=20))
+    trainer = instantiate(
+        cfg.trainer,
+        default_root_dir=output_dir,
+        logger=CSVLogger(output_dir, name="csv"),
+        callbacks=callbacks,
+        enable_progress_bar=interactive,
+    )
+    last = output_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if cfg.resume and last.is_file() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule, ckpt_path=resume)
+    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    test_metrics = trainer.test(module, datamodule, verbose=False)[0]
+    choice = choose_weights({**val_metrics, **test_metrics})
+    network = module.ema.module if choice == "ema" else module.model
+    meta = {
+        "test_top1": 100 * test_metrics["test/ema_acc" if choice == "ema" else "test/acc"],
+        "val_top1": {k: 100 * v for k, v in val_metrics.items()},
+        "weights": choice,
+        "data": datamodule.description,
+        "epochs": trainer.current_epoch,
+        "train_seconds": round(clock.seconds, 1),
+        "command": "python -m qexp.train " + " ".join(sys.argv[1:]),
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "hardware": hardware(),
+        "versions": versions(),
+        "git": git_commit(),
+    }
+    export = Path(cfg.export_path)
+    save_weights(export, network, arch=arch_name(cfg.model), meta=meta)
+    log.info("test top-1 %.2f %% (%s weights) -> %s", meta["test_top1"], choice, export)
+    return meta
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()
