@@ -1,0 +1,127 @@
+"""Affine quantization maths as pure functions: range -> (scale, zero point), quantize, dequantize.
+
+A b-bit quantizer maps a real ``x`` to an integer ``q = clamp(round(x / s) + z, qmin, qmax)``
+and back to ``x_hat = (q - z) * s``. Two grids are used:
+
+* **symmetric** (signed, for weights): ``z = 0`` and the *narrow* range
+  ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, so the grid is symmetric around zero and at 2 bits it is
+  the ternary ``{-s, 0, s}``. ``s = max(|min|, |max|) / (2^(b-1) - 1)``.
+* **asymmetric** (unsigned, for activations): ``[0, 2^b - 1]``,
+  ``s = (max - min) / (2^b - 1)`` and ``z = round(-min / s)``. The range is first widened to
+  contain 0, so that the real zero -- ReLU outputs, zero padding -- is exactly representable:
+  ``x = 0`` maps to ``q = z`` and back to ``(z - z) * s = 0``.
+
+Scales are floored at ``MIN_SCALE`` so a constant tensor or a dead channel never divides by
+zero. Per-channel parameters are vectors along ``axis`` and are broadcast by ``_along``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MIN_BITS, MAX_BITS = 2, 16
+MIN_SCALE = 1e-8
+
+
+def check_bits(bits: int, name: str = "bits") -> int:
+    """Return ``bits`` if it is an integer in ``[MIN_BITS, MAX_BITS]``; raise ``ValueError`` otherwise."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"{name}={bits!r} is not supported; expected an integer from {MIN_BITS} to {MAX_BITS}.")
+    return bits
+
+
+def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range ``(qmin, qmax)``: narrow signed when ``symmetric``, else unsigned."""
+    check_bits(bits)
+    if symmetric:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def choose_qparams(min_val: Tensor, max_val: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
+    """``(scale, zero_point)`` for the range ``[min_val, max_val]`` (scalars or per-channel vectors).
+
+    ``zero_point`` is an integer-valued float tensor: it is rounded so that 0 lies on the grid.
+    """
+    qmin, qmax = quant_range(bits, symmetric)
+    min_val = torch.clamp(min_val, max=0.0)
+    max_val = torch.clamp(max_val, min=0.0)
+    if symmetric:
+        scale = torch.maximum(-min_val, max_val) / qmax
+        zero_point = torch.zeros_like(scale)
+    else:
+        scale = (max_val - min_val) / (qmax - qmin)
+        zero_point = (qmin - min_val / scale.clamp(min=MIN_SCALE)).round().clamp(qmin, qmax)
+    return scale.clamp(min=MIN_SCALE), zero_point
+
+
+def _along(param: Tensor, x: Tensor, axis: int | None) -> Tensor:
+    """Reshape a per-channel vector to broadcast against ``x`` along ``axis``."""
+    if axis is None or param.ndim == 0:
+        return param
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None) -> Tensor:
+    """Integers (as a float tensor) ``clamp(round(x / s) + z, qmin, qmax)``."""
+    scale, zero_point = _along(scale, x, axis), _along(zero_point, x, axis)
+    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+
+
+def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None = None) -> Tensor:
+    """Reals ``(q - z) * s``."""
+    return (q - _along(zero_point, q, axis)) * _along(scale, q, axis)
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round in the forward pass, identity gradient in the backward pass (straight-through)."""
+    return (x.round() - x).detach() + x
+
+
+def fake_quantize(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
+    """Quantize then dequantize, differentiable through a straight-through rounding."""
+    scale, zero_point = _along(scale, x, axis), _along(zero_point, x, axis)
+    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def storage_bits(bits: int) -> int:
+    """Bits per stored integer: packed 2 and 4 bits, a byte up to 8, two bytes up to 16."""
+    check_bits(bits)
+    if bits in (2, 4):
+        return bits
+    return 8 if bits <= 8 else 16
+
+
+def pack(q: Tensor, bits: int, qmin: int) -> Tensor:
+    """Store integers ``q`` (``qmin <= q < qmin + 2^bits``) compactly, flattened.
+
+    2- and 4-bit values are offset to unsigned and packed ``8 / bits`` per byte; other widths are
+    stored in int8 or int16. ``unpack`` inverts it.
+    """
+    flat = q.flatten().to(torch.int32)
+    width = storage_bits(bits)
+    if width in (8, 16):  # unsigned grids are shifted to fit the signed storage type
+        shift = 2 ** (width - 1) if qmin >= 0 else 0
+        return (flat - shift).to(torch.int8 if width == 8 else torch.int16)
+    per_byte = 8 // width
+    offset = flat - qmin
+    padded = torch.nn.functional.pad(offset, (0, (-len(offset)) % per_byte)).reshape(-1, per_byte)
+    shifts = torch.arange(per_byte, dtype=torch.int32) * width
+    return (padded << shifts).sum(dim=1).to(torch.uint8)
+
+
+def unpack(packed: Tensor, bits: int, qmin: int, numel: int) -> Tensor:
+    """The flat int32 integers that ``pack(q, bits, qmin)`` stored (``numel`` of them)."""
+    width = storage_bits(bits)
+    if width in (8, 16):
+        return packed.to(torch.int32) + (2 ** (width - 1) if qmin >= 0 else 0)
+    per_byte = 8 // width
+    shifts = torch.arange(per_byte, dtype=torch.int32) * width
+    values = (packed.to(torch.int32)[:, None] >> shifts) & (2**width - 1)
+    return values.flatten()[:numel] + qmin

@@ -1,0 +1,112 @@
+"""Our post-training quantization: fold BatchNorm, insert quantizers, calibrate, freeze.
+
+1. ``fold_batchnorm``: weights are quantized as the integer kernel would see them.
+2. ``insert_quantizers``: every conv/linear becomes a ``QuantLayer`` (weight + input
+   quantizer), every residual ``Add`` a ``QuantAdd``. Weights: symmetric signed grid, per output
+   channel by default. Activations: asymmetric unsigned grid, per tensor.
+3. ``calibrate``: activation observers record the float model's activations on calibration
+   batches (training images only).
+4. ``freeze``: weight observers see their (folded) weight once; every quantizer computes its
+   scale and zero point; the model switches to fake-quantized inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from qexp.models.resnet import Add
+from qexp.quant.affine import check_bits
+from qexp.quant.fold import fold_batchnorm
+from qexp.quant.modules import FakeQuantize, Mode, QuantAdd, QuantLayer, quantizers, set_mode
+from qexp.quant.observers import OBSERVERS, PercentileObserver
+
+GRANULARITIES = ("per_channel", "per_tensor")
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    """What to quantize how. ``first_last_bits=None`` keeps the first conv and last linear at ``w_bits``/``a_bits``."""
+
+    w_bits: int
+    a_bits: int
+    observer: str = "minmax"
+    granularity: str = "per_channel"
+    first_last_bits: int | None = None
+    percentile: float = 99.99
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, "quant.w_bits")
+        check_bits(self.a_bits, "quant.a_bits")
+        if self.first_last_bits is not None:
+            check_bits(self.first_last_bits, "quant.first_last_bits")
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer={self.observer!r} is not known; expected one of {sorted(OBSERVERS)}.")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"quant.granularity={self.granularity!r} is not known; expected one of {GRANULARITIES}.")
+
+    def make_quantizer(self, bits: int, weight: bool) -> FakeQuantize:
+        axis = 0 if weight and self.granularity == "per_channel" else None
+        observer_class = OBSERVERS[self.observer]
+        if observer_class is PercentileObserver:
+            observer_class = partial(PercentileObserver, percentile=self.percentile)
+        return FakeQuantize(observer_class(bits, symmetric=weight, axis=axis))
+
+
+def _layers(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def insert_quantizers(model: nn.Module, config: PTQConfig) -> nn.Module:
+    """Swap layers and adds for their quantized wrappers, in place; returns ``model``."""
+    layers = _layers(model)
+    edge_layers = {layers[0], layers[-1]} if config.first_last_bits is not None else set()
+    for name, module in list(model.named_modules()):
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if name in layers:
+            w_bits = config.first_last_bits if name in edge_layers else config.w_bits
+            a_bits = config.first_last_bits if name in edge_layers else config.a_bits
+            wrapped = QuantLayer(module, config.make_quantizer(w_bits, True), config.make_quantizer(a_bits, False))
+            setattr(parent, attr, wrapped)
+        elif isinstance(module, Add):
+            quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits, False) for _ in range(2))
+            setattr(parent, attr, QuantAdd(quantizer_a, quantizer_b))
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Run calibration batches through the float model with activation observers on; return the image count."""
+    set_mode(model, weights=Mode.FLOAT, activations=Mode.OBSERVE)
+    model.eval()
+    images = 0
+    for batch in batches:
+        model(batch)
+        images += len(batch)
+    if images == 0:
+        raise ValueError("the calibration set is empty; expected at least one calibration image (data.calib_size).")
+    return images
+
+
+@torch.no_grad()
+def freeze(model: nn.Module) -> None:
+    """Observe each weight once, compute every quantizer's parameters, switch to quantized inference."""
+    for module in model.modules():
+        if isinstance(module, QuantLayer):
+            module.weight_quantizer.observer(module.layer.weight)
+    for quantizer in quantizers(model).values():
+        quantizer.freeze()
+    set_mode(model, weights=Mode.QUANTIZE, activations=Mode.QUANTIZE)
+
+
+def quantize_model(model: nn.Module, config: PTQConfig, calibration_batches: Iterable[Tensor]) -> tuple[nn.Module, int]:
+    """A fake-quantized copy of ``model`` and the number of calibration images it saw."""
+    quantized = insert_quantizers(fold_batchnorm(model), config)
+    images = calibrate(quantized, calibration_batches)
+    freeze(quantized)
+    return quantized, images

@@ -1,0 +1,65 @@
+"""BatchNorm folding: merge each BatchNorm that directly follows a convolution into that convolution.
+
+At inference a BatchNorm is the per-channel affine map ``y = gamma (x - mean) / sqrt(var + eps) +
+beta``; applied to a convolution's output it equals a convolution with weight
+``W * gamma / sqrt(var + eps)`` (per output channel) and bias ``(b - mean) gamma / sqrt(var + eps)
++ beta``. Quantizing the folded weight is what an integer kernel executes, so weight statistics
+must be taken after folding -- a per-tensor range of the unfolded weight can be far off.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx
+from torch import Tensor, nn
+
+
+def fold_conv_bn_weights(
+    weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm
+) -> tuple[Tensor, Tensor]:
+    """Folded ``(weight, bias)`` of a convolution followed by ``bn`` in eval mode."""
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = torch.zeros_like(bn.running_mean) if bias is None else bias
+    folded_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
+    folded_bias = (bias - bn.running_mean) * factor + bn.bias
+    return folded_weight, folded_bias
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Names of ``(conv, bn)`` module pairs where the BN's only input is the conv's output.
+
+    Found by tracing the model with ``torch.fx``, so the pairing follows the data flow rather
+    than attribute names; a convolution whose output also feeds something else is left alone.
+    """
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
+            continue
+        source = node.args[0]
+        if (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], nn.Conv2d)
+            and len(source.users) == 1
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with every foldable BN merged into its conv and replaced by Identity."""
+    folded = copy.deepcopy(model).eval()
+    modules = dict(folded.named_modules())
+    with torch.no_grad():
+        for conv_name, bn_name in conv_bn_pairs(folded):
+            conv, bn = modules[conv_name], modules[bn_name]
+            weight, bias = fold_conv_bn_weights(conv.weight, conv.bias, bn)
+            conv.weight.copy_(weight)
+            conv.bias = nn.Parameter(bias)
+            parent_name, _, attr = bn_name.rpartition(".")
+            setattr(folded.get_submodule(parent_name), attr, nn.Identity())
+    return folded

@@ -1,0 +1,103 @@
+"""Fake-quantized building blocks: a quantizer, and wrappers that put quantizers on a layer's inputs.
+
+Where activations are quantized mirrors an integer pipeline. Every convolution and linear layer
+quantizes its input and its weight (so the pooled features are quantized at the classifier's
+input), and a residual ``add`` quantizes both of its operands (the block's conv output and the
+shortcut). After ReLU an input is non-negative and its asymmetric grid starts at exactly 0.
+The add's own output is consumed only by a ReLU whose output is quantized by the next layers'
+inputs -- the fused add+ReLU with one requantization that integer kernels implement.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qexp.quant.affine import fake_quantize, quant_range
+from qexp.quant.observers import Observer
+
+
+class Mode(str, Enum):
+    FLOAT = "float"  # pass through
+    OBSERVE = "observe"  # record statistics, pass through
+    QUANTIZE = "quantize"  # fake-quantize with frozen parameters
+
+
+class FakeQuantize(nn.Module):
+    """Quantize -> clamp -> dequantize with parameters frozen from its observer."""
+
+    def __init__(self, observer: Observer) -> None:
+        super().__init__()
+        self.observer = observer
+        self.qmin, self.qmax = quant_range(observer.bits, observer.symmetric)
+        self.mode = Mode.FLOAT
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0.0))
+
+    @property
+    def bits(self) -> int:
+        return self.observer.bits
+
+    def freeze(self) -> None:
+        """Compute ``scale`` and ``zero_point`` from what the observer recorded."""
+        self.scale, self.zero_point = self.observer.calculate_qparams()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode is Mode.OBSERVE:
+            return self.observer(x)
+        if self.mode is Mode.QUANTIZE:
+            return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, self.observer.axis)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode.value}, range=[{self.qmin}, {self.qmax}]"
+
+
+class QuantLayer(nn.Module):
+    """A conv or linear layer whose weight and input pass through quantizers."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, weight_quantizer: FakeQuantize, input_quantizer: FakeQuantize):
+        super().__init__()
+        self.layer = layer
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
+
+    def quantized_weight(self) -> Tensor:
+        return self.weight_quantizer(self.layer.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input_quantizer(x)
+        weight = self.quantized_weight()
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, weight, self.layer.bias)
+        return F.linear(x, weight, self.layer.bias)
+
+
+class QuantAdd(nn.Module):
+    """A residual add whose two operands pass through quantizers."""
+
+    def __init__(self, quantizer_a: FakeQuantize, quantizer_b: FakeQuantize) -> None:
+        super().__init__()
+        self.quantizer_a = quantizer_a
+        self.quantizer_b = quantizer_b
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.quantizer_a(a) + self.quantizer_b(b)
+
+
+def quantizers(model: nn.Module, kind: str | None = None) -> dict[str, FakeQuantize]:
+    """The model's quantizers by name; ``kind="weight"`` or ``"activation"`` selects one sort."""
+    found = {name: m for name, m in model.named_modules() if isinstance(m, FakeQuantize)}
+    if kind is None:
+        return found
+    is_weight = kind == "weight"
+    return {name: m for name, m in found.items() if name.endswith("weight_quantizer") == is_weight}
+
+
+def set_mode(model: nn.Module, weights: Mode, activations: Mode) -> None:
+    """Switch every weight quantizer to ``weights`` and every activation quantizer to ``activations``."""
+    for name, quantizer in quantizers(model).items():
+        quantizer.mode = weights if name.endswith("weight_quantizer") else activations
