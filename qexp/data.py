@@ -204,7 +204,8 @@ def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) 
     cx = torch.randint(0, w, (n, 1, 1), device=device, generator=generator)
     ys = torch.arange(h, device=device)[None, :, None]
     xs = torch.arange(w, device=device)[None, None, :]
-    inside = ((ys - cy).abs() * 2 < size) & ((xs - cx).abs() * 2 < size)
+    top, left = cy - size // 2, cx - size // 2
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return images * (~inside)[:, None].to(images.dtype)
 
 

@@ -62,7 +62,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume = str(last) if cfg.resume and last.is_file() else None
     if resume:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule, ckpt_path=resume)
+    # The checkpoint is one this code wrote into its own output directory; its hyper-parameters
+    # hold the optimizer's Hydra partial, which a weights-only load refuses.
+    trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     test_metrics = trainer.test(module, datamodule, verbose=False)[0]
     choice = choose_weights({**val_metrics, **test_metrics})

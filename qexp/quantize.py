@@ -1,0 +1,164 @@
+"""``python -m qexp.quantize``: load a checkpoint, quantize it, evaluate it, write ``result.json``.
+
+Glue only. Every run -- including one that fails or asks for something PyTorch cannot do --
+writes one complete ``result.json`` (status ``ok``, ``unsupported`` or ``failed``) into its Hydra
+output directory, so a multirun sweep always finishes and the report sees every cell.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from qexp.data import CIFAR10DataModule, normalize
+from qexp.errors import EXIT_USER_ERROR
+from qexp.evaluate import top1
+from qexp.provenance import git_commit, hardware, versions
+from qexp.quant.affine import check_bits
+from qexp.quant.custom_ptq import PTQConfig, quantize_model
+from qexp.quant.export import integer_export, serialized_bytes
+from qexp.quant.torch_ptq import FP16_REASON, Unsupported, quantize_int8, to_float16
+from qexp.weights import SHIPPED, arch_name, load_weights
+
+log = logging.getLogger(__name__)
+
+METHODS = ("none", "custom_ptq", "torch_ptq")
+
+
+def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> tuple[nn.Module, int, int, str]:
+    """``(quantized model, size in bytes, calibration images, note)`` for ``quant.method``."""
+    batches = datamodule.calibration_batches(torch.device("cpu"))
+    if quant.method == "none":
+        return model, serialized_bytes(model), 0, "fp32 reference"
+    if quant.method == "custom_ptq":
+        config = PTQConfig(
+            w_bits=quant.w_bits,
+            a_bits=quant.a_bits,
+            observer=quant.observer,
+            granularity=quant.granularity,
+            first_last_bits=quant.first_last_bits,
+            percentile=quant.percentile,
+        )
+        quantized, images = quantize_model(model, config, batches)
+        return quantized, serialized_bytes(integer_export(quantized)), images, ""
+    bits = (quant.w_bits, quant.a_bits)
+    if bits == (8, 8):
+        quantized, images = quantize_int8(model, batches, quant.observer, quant.granularity)
+        return quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend"
+    if bits == (16, 16):
+        return to_float16(model), serialized_bytes(to_float16(model)), 0, FP16_REASON
+    raise Unsupported(
+        f"W{bits[0]}A{bits[1]}: torch.ao.quantization offers int8 (and float16) only; "
+        "its CPU kernels have no 2-, 4- or mixed-width static quantization"
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Quantize and evaluate as ``cfg`` says; return the result record (also written to ``result.json``)."""
+    start = time.perf_counter()
+    quant = cfg.quant
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED
+    result: dict[str, Any] = {
+        "quant": quant.method,
+        "bits": cfg.bits,
+        "w_bits": quant.w_bits,
+        "a_bits": quant.a_bits,
+        "observer": quant.observer,
+        "granularity": quant.granularity,
+        "first_last_bits": quant.get("first_last_bits"),
+        "status": "failed",
+        "reason": "",
+        "top1": None,
+        "fp32_top1": None,
+        "size_bytes": None,
+        "fp32_size_bytes": None,
+        "calib_images": 0,
+        "seconds": None,
+        "checkpoint": str(checkpoint),
+        "data": None,
+    }
+    if quant.method == "none":
+        result.update(bits=32, observer="none")
+    try:
+        if quant.method not in METHODS:
+            raise ValueError(f"quant.method={quant.method!r} is not known; expected one of {METHODS}.")
+        if quant.method != "none":
+            check_bits(quant.w_bits, "quant.w_bits")
+            check_bits(quant.a_bits, "quant.a_bits")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        model = instantiate(cfg.model)
+        meta = load_weights(checkpoint, model, arch_name(cfg.model))
+        model.eval()
+        datamodule: CIFAR10DataModule = instantiate(cfg.data)
+        datamodule.setup()
+        test = datamodule.splits["test"]
+        result["data"] = datamodule.description
+        result["checkpoint_test_top1"] = meta.get("test_top1")
+        result["fp32_top1"] = top1(model, test, normalize, datamodule.eval_batch_size)
+        result["fp32_size_bytes"] = serialized_bytes(model)
+        quantized, size, images, note = quantize(model, quant, datamodule)
+        result["top1"] = top1(quantized, test, normalize, datamodule.eval_batch_size)
+        result.update(status="ok", reason=note, size_bytes=size, calib_images=images)
+    except Unsupported as error:
+        result.update(status="unsupported", reason=str(error))
+    except ValueError as error:  # bad user input, including QexpError
+        result["reason"] = str(error)
+    except Exception as error:
+        result["reason"] = f"{type(error).__name__}: {error}"
+        log.error("cell failed:\n%s", traceback.format_exc())
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    result.update(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        git=git_commit(),
+        versions=versions(),
+        hardware=hardware(),
+        threads=torch.get_num_threads(),
+    )
+    write_result(Path(cfg.output_dir) / "result.json", result)
+    return result
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def describe(result: dict[str, Any]) -> str:
+    cell = f"{result['quant']} W{result['w_bits']}A{result['a_bits']} {result['observer']}"
+    if result["status"] != "ok":
+        return f"{cell}: {result['status']} -- {result['reason']}"
+    return (
+        f"{cell}: top-1 {result['top1']:.2f} % (fp32 {result['fp32_top1']:.2f} %), "
+        f"{result['size_bytes']:,} bytes (fp32 {result['fp32_size_bytes']:,}), {result['seconds']:.1f} s"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="quantize")
+def main(cfg: DictConfig) -> None:
+    result = run(cfg)
+    log.info(describe(result))
+    if result["status"] == "failed" and HydraConfig.get().mode != RunMode.MULTIRUN:
+        print(f"error: {result['reason']}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

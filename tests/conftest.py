@@ -1,0 +1,78 @@
+"""Shared fixtures: small data sets the tests make themselves, Hydra composition, a weight file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from qexp.data import CLASSES
+from qexp.models import resnet20
+from qexp.weights import save_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as the entry point would, with ``output_dir`` set."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+    return cfg
+
+
+def run_module(module: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as a user would, with one torch thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def write_image_folder(root: Path, per_class: int, classes: tuple[str, ...] = CLASSES, suffix: str = ".png") -> Path:
+    """``root/{train,test}/<class>/i.png``; image ``i`` of class ``c`` is filled with value ``10 c + i``."""
+    for split in ("train", "test"):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = np.full((32, 32, 3), 10 * label + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("folder"), per_class=6)
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) ResNet20 weight file in the format ``qexp.train`` exports."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
+    save_weights(path, resnet20(), arch="resnet20", meta={"test_top1": 10.0, "data": "synthetic"})
+    return path
+
+
+@pytest.fixture
+def compose_in(tmp_path: Path) -> Callable[[str, list[str]], DictConfig]:
+    return lambda name, overrides: compose_config(name, overrides, tmp_path)

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qexp.quant.affine import (
+    check_bits,
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    pack,
+    quant_range,
+    quantize,
+    unpack,
+)
+
+bits_st = st.integers(2, 16)
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
+
+
+@st.composite
+def ranges(draw):
+    low, high = sorted((draw(finite), draw(finite)))
+    return torch.tensor(low), torch.tensor(high)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), bounds=ranges(), data=st.data())
+def test_round_trip_error_is_at_most_half_a_step_inside_the_range(bits, symmetric, bounds, data):
+    low, high = bounds
+    scale, zero_point = choose_qparams(low, high, bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric)
+    representable_low = (qmin - zero_point) * scale
+    representable_high = (qmax - zero_point) * scale
+    x = torch.tensor(data.draw(st.lists(finite, min_size=1, max_size=20)))
+    x = x.clamp(max(float(low), float(representable_low)), min(float(high), float(representable_high)))
+    error = (fake_quantize(x, scale, zero_point, qmin, qmax) - x).abs()
+    assert (error <= scale / 2 * (1 + 1e-4) + 1e-6).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), bounds=ranges())
+def test_zero_is_exact_and_zero_point_is_an_integer_in_range(bits, symmetric, bounds):
+    scale, zero_point = choose_qparams(*bounds, bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric)
+    assert scale > 0 and float(zero_point) == round(float(zero_point)) and qmin <= zero_point <= qmax
+    assert fake_quantize(torch.zeros(3), scale, zero_point, qmin, qmax).eq(0).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), bounds=ranges())
+def test_values_outside_the_range_clamp_to_the_end_points(bits, symmetric, bounds):
+    scale, zero_point = choose_qparams(*bounds, bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric)
+    far = torch.tensor([-1e9, 1e9])
+    assert quantize(far, scale, zero_point, qmin, qmax).tolist() == [qmin, qmax]
+
+
+@settings(max_examples=100, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), bounds=ranges(), values=st.lists(finite, min_size=2, max_size=30))
+def test_quantization_is_monotone(bits, symmetric, bounds, values):
+    scale, zero_point = choose_qparams(*bounds, bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric)
+    x = torch.tensor(sorted(values))
+    assert (quantize(x, scale, zero_point, qmin, qmax).diff() >= 0).all()
+
+
+def test_ranges_and_constant_tensors():
+    assert quant_range(2, True) == (-1, 1)  # ternary
+    assert quant_range(8, True) == (-127, 127) and quant_range(8, False) == (0, 255)
+    scale, zero_point = choose_qparams(torch.tensor(0.0), torch.tensor(0.0), 8, False)
+    assert scale > 0 and zero_point == 0
+    scale, _ = choose_qparams(torch.zeros(4), torch.tensor([0.0, 1.0, 0.0, 2.0]), 4, True)
+    assert (scale > 0).all()  # dead channels keep a usable scale
+
+
+def test_per_channel_parameters_broadcast_along_the_axis():
+    w = torch.stack([torch.linspace(-1, 1, 9), torch.linspace(-100, 100, 9)]).reshape(2, 1, 3, 3)
+    scale, zero_point = choose_qparams(w.amin(dim=(1, 2, 3)), w.amax(dim=(1, 2, 3)), 8, True)
+    q = quantize(w, scale, zero_point, -127, 127, axis=0)
+    assert q.abs().amax(dim=(1, 2, 3)).tolist() == [127, 127]
+    assert torch.allclose(dequantize(q, scale, zero_point, axis=0), w, atol=float(scale.max()) / 2)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 17, 3.5, True, "8"])
+def test_bad_bit_widths_are_rejected(bits):
+    with pytest.raises(ValueError, match=r"expected an integer from 2 to 16"):
+        check_bits(bits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), n=st.integers(1, 50), seed=st.integers(0, 1000))
+def test_pack_round_trips_and_packs_low_bit_widths(bits, symmetric, n, seed):
+    qmin, qmax = quant_range(bits, symmetric)
+    q = torch.randint(qmin, qmax + 1, (n,), generator=torch.Generator().manual_seed(seed))
+    packed = pack(q, bits, qmin)
+    assert torch.equal(unpack(packed, bits, qmin, n), q.to(torch.int32))
+    if bits in (2, 4):
+        assert packed.numel() == -(-n * bits // 8)
