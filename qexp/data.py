@@ -309,8 +309,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         train = loaded["train"]
         if not 0 <= self.val_size < len(train):
             raise QexpError(
-                f"data.val_size={self.val_size} must be in [0, {len(train)}) for "
-                f"{len(train)} training images."
+                f"data.val_size={self.val_size} must be in [0, {len(train)}) for {len(train)} training images."
             )
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
         train_indices, val_indices = order[self.val_size :], order[: self.val_size]
@@ -340,9 +339,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return batch_loader(self.splits["test"], self.eval_batch_size, shuffle=False)
 
-    def on_after_batch_transfer(
-        self, batch: tuple[Tensor, Tensor], dataloader_idx: int
-    ) -> tuple[Tensor, Tensor]:
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return self.transform(images, train=training), labels

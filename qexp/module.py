@@ -71,9 +71,7 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model.to(memory_format=torch.channels_last)
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
-        )
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
         if compile:
             self.model.compile()  # in place, so state_dict keys keep their names
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -135,7 +133,5 @@ class Classifier(L.LightningModule):
         optimizer = self.hparams.optimizer(params=groups)
         total = self.trainer.estimated_stepping_batches
         warmup = round(self.hparams.warmup_epochs * total / self.trainer.max_epochs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, total, warmup)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -66,7 +66,7 @@ def test_random_crop_moves_content_within_padding():
 def test_random_flip_mirrors_about_half():
     images = torch.arange(4, dtype=torch.uint8).reshape(1, 1, 1, 4).expand(1000, 1, 1, 4)
     flipped = random_flip(images, generator=torch.Generator().manual_seed(0))
-    is_flipped = (flipped[:, 0, 0, 0] == 3)
+    is_flipped = flipped[:, 0, 0, 0] == 3
     assert torch.equal(flipped[is_flipped], images[is_flipped].flip(-1))
     assert torch.equal(flipped[~is_flipped], images[~is_flipped])
     assert 400 < int(is_flipped.sum()) < 600

@@ -44,9 +44,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = (
-            PadShortcut(out_channels - in_channels)
-            if stride != 1 or in_channels != out_channels
-            else nn.Identity()
+            PadShortcut(out_channels - in_channels) if stride != 1 or in_channels != out_channels else nn.Identity()
         )
         self.add = Add()
         self.relu2 = nn.ReLU()

@@ -40,9 +40,7 @@ def integer_conv2d(
     return accumulator.to(torch.int32).reshape(n, out_channels, out_h, out_w)
 
 
-def requantize(
-    accumulator: Tensor, multiplier: Tensor, zero_point: int, qmin: int, qmax: int
-) -> Tensor:
+def requantize(accumulator: Tensor, multiplier: Tensor, zero_point: int, qmin: int, qmax: int) -> Tensor:
     """Output integers ``clamp(round(acc * M) + z, qmin, qmax)`` with ``M = s_x s_w / s_out`` per channel."""
     scaled = accumulator.to(torch.float64) * multiplier.to(torch.float64).reshape(1, -1, 1, 1)
     return torch.clamp(torch.round(scaled) + zero_point, qmin, qmax).to(torch.int32)

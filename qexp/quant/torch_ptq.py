@@ -42,6 +42,9 @@ def _quiet_deprecation() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=DEPRECATION_MESSAGE, category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="Please use quant_min and quant_max", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel", category=UserWarning
+        )
         yield
 
 
@@ -71,9 +74,7 @@ def int8_qconfig_mapping(observer: str, granularity: str):  # -> QConfigMapping
 
 def check_converted(model: nn.Module) -> None:
     """Fail unless every convolution and linear layer became a quantized module."""
-    float_layers = [
-        name for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)
-    ]
+    float_layers = [name for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     if float_layers:
         raise RuntimeError(f"FX conversion left float layers {float_layers}: calibration did not reach them")
 

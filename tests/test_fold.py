@@ -1,0 +1,46 @@
+import torch
+from torch import nn
+
+from qexp.models import resnet20
+from qexp.quant.fold import conv_bn_pairs, fold_batchnorm
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator))
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator))
+    return model.eval()
+
+
+def test_folded_resnet20_gives_the_same_logits():
+    model = randomise_batchnorm(resnet20())
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+def test_every_conv_of_resnet20_is_paired_with_its_batchnorm():
+    pairs = conv_bn_pairs(resnet20())
+    assert len(pairs) == 19
+    assert ("layer2.0.conv1", "layer2.0.bn1") in pairs
+
+
+def test_a_conv_whose_output_is_also_used_elsewhere_is_not_folded():
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    assert conv_bn_pairs(Branching()) == []

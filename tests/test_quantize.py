@@ -1,0 +1,93 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from qexp.quantize import run
+from tests.conftest import run_module
+
+FIELDS = {
+    "quant", "bits", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "status", "reason",
+    "top1", "fp32_top1", "size_bytes", "fp32_size_bytes", "calib_images", "seconds", "checkpoint", "data",
+}  # fmt: skip
+
+
+def test_design_card_sweep_runs_through_the_real_entry_point(tmp_path: Path, weights_file: Path):
+    result = run_module(
+        "qexp.quantize", "-m", "data=synthetic", f"checkpoint={weights_file}", "quant=custom_ptq,torch_ptq",
+        "bits=2,8", "observer=minmax,percentile", f"hydra.sweep.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    cells = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/result.json"))]
+    assert len(cells) == 8
+    assert all(cell.keys() >= FIELDS for cell in cells)
+    status = {(c["quant"], c["bits"], c["observer"]): c["status"] for c in cells}
+    assert status[("custom_ptq", 2, "minmax")] == status[("custom_ptq", 8, "percentile")] == "ok"
+    assert status[("torch_ptq", 8, "minmax")] == "ok"
+    assert status[("torch_ptq", 2, "minmax")] == status[("torch_ptq", 8, "percentile")] == "unsupported"
+    ok = [c for c in cells if c["status"] == "ok"]
+    assert all(c["calib_images"] == 128 and 0 <= c["top1"] <= 100 for c in ok)
+    assert all(c["size_bytes"] < c["fp32_size_bytes"] for c in ok)
+
+
+def test_fp32_row_and_w4a8(compose_in, weights_file: Path):
+    none = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant=none"]))
+    assert none["status"] == "ok" and none["top1"] == none["fp32_top1"] and none["w_bits"] == 32
+    w4a8 = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=4", "quant.a_bits=8"]))
+    assert (w4a8["w_bits"], w4a8["a_bits"], w4a8["status"]) == (4, 8, "ok")
+    assert w4a8["fp32_top1"] == none["fp32_top1"]
+
+
+def test_calibration_never_touches_the_test_split(compose_in, weights_file: Path, monkeypatch):
+    from qexp import data
+
+    seen = []
+    original = data.CIFAR10DataModule.calibration_split
+
+    def spy(self):
+        split = original(self)
+        seen.append((split, self.splits["test"]))
+        return split
+
+    monkeypatch.setattr(data.CIFAR10DataModule, "calibration_split", spy)
+    result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=8"]))
+    assert result["status"] == "ok" and seen
+    calibration, test = seen[0]
+    test_images = {bytes(image.numpy()) for image in test.images}
+    assert not any(bytes(image.numpy()) in test_images for image in calibration.images)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["quant.w_bits=1"], "quant.w_bits=1 is not supported"),
+        (["checkpoint=/nonexistent/weights.pt"], "does not exist"),
+        (["data.calib_size=0"], "data.calib_size=0"),
+    ],
+)
+def test_bad_input_fails_the_cell_with_its_reason(compose_in, weights_file: Path, overrides, message):
+    overrides = ["data=synthetic", f"checkpoint={weights_file}", *overrides]
+    result = run(compose_in("quantize", overrides))
+    assert result["status"] == "failed" and message in result["reason"]
+
+
+def test_corrupt_and_foreign_checkpoints_are_rejected(compose_in, tmp_path: Path):
+    import torch
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"arch": "resnet56", "state_dict": {}}, foreign)
+    for path, message in ((corrupt, "could not be read"), (foreign, "holds arch 'resnet56'")):
+        result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={path}"]))
+        assert result["status"] == "failed" and message in result["reason"]
+
+
+def test_single_run_with_bad_bits_exits_non_zero_without_traceback(tmp_path: Path, weights_file: Path):
+    result = run_module(
+        "qexp.quantize", "data=synthetic", f"checkpoint={weights_file}", "bits=20", f"hydra.run.dir={tmp_path}"
+    )
+    assert result.returncode == 2
+    assert "error: quant.w_bits=20 is not supported; expected an integer from 2 to 16." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import torch
+
+from qexp.models import resnet20
+from qexp.module import warmup_cosine
+from qexp.train import choose_weights, train
+from qexp.weights import load_weights
+from tests.conftest import run_module
+
+
+def test_train_entry_trains_resumes_and_exports(compose_in, tmp_path: Path):
+    cfg = compose_in("train", ["data=synthetic", "trainer=smoke", "optim.ema_decay=0.9"])
+    meta = train(cfg)
+    export = Path(cfg.export_path)
+    assert export.is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    model = resnet20()
+    loaded = load_weights(export, model, "resnet20")
+    assert loaded["weights"] in ("ema", "raw") and 0 <= loaded["test_top1"] <= 100
+    assert loaded["data"] == "synthetic" and loaded["epochs"] == 1 == meta["epochs"]
+    payload = torch.load(export, weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in payload["state_dict"])
+    # the same command again resumes from last.ckpt and trains one more epoch
+    cfg.trainer.max_epochs = 2
+    assert train(cfg)["epochs"] == 2
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factors = [warmup_cosine(step, total_steps=100, warmup_steps=10) for step in range(101)]
+    assert factors[0] == 0.1 and factors[9] == 1.0
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[100] == 0.0
+
+
+def test_export_prefers_ema_only_when_it_validates_better():
+    assert choose_weights({"val/acc": 0.9, "val/ema_acc": 0.91}) == "ema"
+    assert choose_weights({"val/acc": 0.92, "val/ema_acc": 0.91}) == "raw"
+    assert choose_weights({"test/acc": 0.9}) == "raw"
+
+
+def test_bad_data_root_is_one_clear_error_without_traceback(tmp_path: Path):
+    result = run_module(
+        "qexp.train", "data=cifar10_folder", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path}/run"
+    )
+    assert result.returncode == 2
+    assert "error: data.root=" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_unknown_config_group_option_names_the_choices(tmp_path: Path):
+    result = run_module("qexp.train", "data=imagenet", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0
+    assert "Could not find 'data/imagenet'" in result.stderr and "cifar10_folder" in result.stderr
+    assert "Traceback" not in result.stderr
