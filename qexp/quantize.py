@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from datetime import datetime, timezone
 import traceback
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result["reason"] = f"{type(error).__name__}: {error}"
         log.error("cell failed:\n%s", traceback.format_exc())
     result["seconds"] = round(time.perf_counter() - start, 2)
+    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result.update(
         config=OmegaConf.to_container(cfg, resolve=True),
         git=git_commit(),

@@ -48,7 +48,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = Classifier(instantiate(cfg.model), **instantiate(cfg.optim), compile=cfg.compile)
     clock = EpochLog()
     interactive = sys.stdout.isatty()  # a progress bar floods nohup and CI logs
-    callbacks = [clock, ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)]
+    # save_top_k=1 without a monitor keeps the newest epoch; with save_top_k=0 Lightning would
+    # write last.ckpt only when training ends, and a run killed earlier could not resume.
+    checkpointing = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=1)
+    callbacks = [clock, checkpointing]
     if interactive:
         callbacks.append(TQDMProgressBar(refresh_rate=20))
     trainer = instantiate(

@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ def test_train_entry_trains_resumes_and_exports(compose_in, tmp_path: Path):
     meta = train(cfg)
     export = Path(cfg.export_path)
     assert export.is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "checkpoints").glob("epoch=0-*.ckpt"))  # saved every epoch, not only at the end
     model = resnet20()
     loaded = load_weights(export, model, "resnet20")
     assert loaded["weights"] in ("ema", "raw") and 0 <= loaded["test_top1"] <= 100
@@ -28,7 +30,7 @@ def test_train_entry_trains_resumes_and_exports(compose_in, tmp_path: Path):
 def test_schedule_warms_up_then_decays_to_zero():
     factors = [warmup_cosine(step, total_steps=100, warmup_steps=10) for step in range(101)]
     assert factors[0] == 0.1 and factors[9] == 1.0
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert factors[100] == 0.0
 
 

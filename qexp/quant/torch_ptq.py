@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 DEPRECATION_MESSAGE = r"torch\.ao\.quantization is deprecated"
+QUANTIZED_TENSOR_MESSAGE = r"torch\.quantize_per_tensor, torch\.quantize_per_channel"
 FP16_REASON = (
     "float16, not int16: torch.ao.quantization has no int16 convolution and its float16 qconfig "
     "reaches only linear layers on x86, so this is the model cast with .half() and run in float16"

@@ -1,0 +1,54 @@
+# Two commands on a fresh machine with Python 3.11:  make demo  (the main job)  and  make test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch and torchvision are installed as a tested pair; override for another platform.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The JPEG mirror of CIFAR-10 when it is next to the checkout, else torchvision's download.
+MIRROR := ../shared/data/cifar10-jpeg.tar.gz
+DATA ?= $(if $(wildcard $(MIRROR)),cifar10_folder,cifar10)
+GRID ?= multirun/grid
+REPORT ?= multirun_reports/resnet20_ptq
+
+.PHONY: venv data test demo grid report train lint
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+data/cifar10-jpeg/train:
+	@if [ -f $(MIRROR) ]; then mkdir -p data/cifar10-jpeg && tar -xzf $(MIRROR) -C data/cifar10-jpeg; fi
+
+data: data/cifar10-jpeg/train
+
+test: venv
+	$(PY) -m pytest -m "not slow" -q
+
+# The full comparison grid on the shipped checkpoint, then the report (about 10 minutes on 2 CPU cores).
+demo: venv data
+	rm -rf $(GRID)
+	$(MAKE) grid report
+
+grid:
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=none hydra.sweep.dir=$(GRID)/fp32
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=8 observer=minmax,mse hydra.sweep.dir=$(GRID)/torch_int8
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4,8,16 observer=minmax,percentile,mse \
+		hydra.sweep.dir=$(GRID)/custom
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4 quant.a_bits=8 observer=minmax,percentile,mse \
+		hydra.sweep.dir=$(GRID)/custom_a8
+
+report:
+	$(PY) -m qexp.report $(GRID) --out $(REPORT)
+
+# The reference recipe of the shipped checkpoint; the same command resumes an interrupted run.
+train: venv data
+	$(PY) -m qexp.train experiment=reference
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

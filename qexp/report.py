@@ -1,0 +1,210 @@
+"""``python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME``: tables and plots from sweeps.
+
+Collects every ``result.json`` below the given directories (a cell run twice counts once: the
+newest wins), and writes ``results.csv`` (every field), ``results.md`` (the comparison tables)
+and PNG plots. Failed and unsupported cells are shown as such. Running it again on the same
+inputs rewrites the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+CELL = ["quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits"]
+BITS = [16, 8, 4, 2]
+METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch"}
+
+
+def collect(directories: list[Path]) -> pd.DataFrame:
+    """One row per distinct cell (the newest ``finished_at`` wins), sorted for reading."""
+    rows = []
+    for directory in directories:
+        for path in sorted(directory.rglob("result.json")):
+            record = json.loads(path.read_text())
+            record["path"] = str(path.parent)
+            overrides = path.parent / ".hydra" / "overrides.yaml"
+            record["overrides"] = overrides.read_text().strip() if overrides.is_file() else ""
+            record["config"] = json.dumps(record.get("config", {}), sort_keys=True)
+            rows.append(record)
+    if not rows:
+        raise ValueError(f"no result.json below {[str(d) for d in directories]}; expected Hydra sweep directories.")
+    frame = pd.DataFrame(rows)
+    for column in CELL:
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    frame = frame.sort_values("finished_at").drop_duplicates(subset=CELL, keep="last")
+    return frame.sort_values(["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False])
+
+
+def variant(row: pd.Series) -> str:
+    """Row label of the comparison table: method, observer and what differs from WbAb."""
+    label = f"{METHOD_NAMES.get(row['quant'], row['quant'])} · {row['observer']}"
+    if row["a_bits"] != row["w_bits"]:
+        label += f" · A{row['a_bits']}"
+    if row.get("first_last_bits") not in (None, "") and not pd.isna(row.get("first_last_bits")):
+        label += f" · first/last {int(row['first_last_bits'])} bit"
+    if row.get("granularity") == "per_tensor":
+        label += " · per-tensor W"
+    return label
+
+
+def cell_text(row: pd.Series, fp32: float | None) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    text = f"{row['top1']:.2f}"
+    if fp32 is not None:
+        text += f" ({row['top1'] - fp32:+.2f})"
+    return text
+
+
+def comparison_table(frame: pd.DataFrame, value: str = "top1") -> str:
+    """Markdown: rows method x observer (x variant), columns weight bits."""
+    fp32_rows = frame[(frame["quant"] == "none") & (frame["status"] == "ok")]
+    fp32 = float(fp32_rows["top1"].iloc[0]) if len(fp32_rows) else None
+    quantized = frame[frame["quant"] != "none"].copy()
+    quantized["variant"] = quantized.apply(variant, axis=1)
+    header = "| method · observer | " + " | ".join(f"W{b}" for b in BITS) + " |"
+    lines = [header, "|" + "---|" * (len(BITS) + 1)]
+    for label, group in quantized.groupby("variant", sort=False):
+        cells = []
+        for bits in BITS:
+            match = group[group["w_bits"] == bits]
+            if match.empty:
+                cells.append("")
+            elif value == "top1":
+                cells.append(cell_text(match.iloc[0], fp32))
+            else:
+                row = match.iloc[0]
+                cells.append(f"{row['size_bytes'] / 1024:.0f}" if row["status"] == "ok" else row["status"])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    ok = frame[frame["status"] == "ok"]
+    fp32 = ok[ok["quant"] == "none"]
+    data = ", ".join(sorted(set(frame["data"].dropna())))
+    parts = ["# Post-training quantization of ResNet20", ""]
+    if len(fp32):
+        row = fp32.iloc[0]
+        parts.append(f"FP32: **{row['top1']:.2f} %** top-1, {row['fp32_size_bytes'] / 1024:.0f} KiB. Data: {data}.")
+    parts += [
+        "",
+        "## Test top-1 (%) and change vs FP32",
+        "",
+        "Columns: weight bits; activations at the same width unless the row says `A8`.",
+        "",
+        comparison_table(frame),
+        "",
+        "## Size of the stored model (KiB, serialised)",
+        "",
+        comparison_table(frame, value="size"),
+        "",
+        "## Cells that did not run",
+        "",
+    ]
+    skipped = frame[frame["status"] != "ok"]
+    if skipped.empty:
+        parts.append("None.")
+    for _, row in skipped.iterrows():
+        parts.append(f"- {variant(row)} W{row['w_bits']}: **{row['status']}**: {row['reason']}")
+    return "\n".join(parts) + "\n"
+
+
+def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
+    """Accuracy vs bits, accuracy vs bytes, and weight-only vs weight+activation quantization."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = frame[frame["status"] == "ok"].copy()
+    ok["variant"] = ok.apply(variant, axis=1)
+    fp32 = ok[ok["quant"] == "none"]
+    quantized = ok[ok["quant"] != "none"]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in quantized.groupby("variant"):
+        group = group.sort_values("w_bits")
+        ax.plot(group["w_bits"], group["top1"], marker="o", label=label)
+    if len(fp32):
+        ax.axhline(float(fp32["top1"].iloc[0]), color="black", linestyle="--", label="FP32")
+    ax.set(xscale="log", xticks=BITS, xticklabels=[str(b) for b in BITS], xlabel="weight bits", ylabel="test top-1 (%)")
+    ax.set_title("Accuracy vs bit width")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    paths.append(out / "accuracy_vs_bits.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, group in ok.groupby("variant"):
+        ax.scatter(group["size_bytes"] / 1024, group["top1"], label=label, s=25)
+    ax.set(xscale="log", xlabel="stored size (KiB, log)", ylabel="test top-1 (%)", title="Accuracy vs model size")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    paths.append(out / "accuracy_vs_size.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    ours = quantized[(quantized["quant"] == "custom_ptq") & quantized["w_bits"].isin([4, 2])]
+    ours = ours[ours["first_last_bits"].isna() & (ours["granularity"] == "per_channel")]
+    if len(ours):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels, width_only, both = [], [], []
+        for (bits, observer), group in ours.groupby(["w_bits", "observer"], sort=False):
+            a8 = group[group["a_bits"] == 8]
+            same = group[group["a_bits"] == bits]
+            labels.append(f"W{bits} {observer}")
+            width_only.append(float(a8["top1"].iloc[0]) if len(a8) else float("nan"))
+            both.append(float(same["top1"].iloc[0]) if len(same) else float("nan"))
+        x = range(len(labels))
+        ax.bar([i - 0.2 for i in x], width_only, 0.4, label="activations at 8 bits")
+        ax.bar([i + 0.2 for i in x], both, 0.4, label="activations at the weight width")
+        ax.set_xticks(list(x), labels, rotation=20)
+        ax.set(ylabel="test top-1 (%)", title="Weights alone vs weights and activations")
+        ax.legend(fontsize=8)
+        paths.append(out / "weights_vs_activations.png")
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def report(directories: list[Path], out: Path) -> pd.DataFrame:
+    frame = collect(directories)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(markdown(frame))
+    plot(frame, out)
+    return frame
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", type=Path, help="Hydra multirun directories")
+    parser.add_argument("--out", type=Path, required=True, help="report directory, e.g. multirun_reports/NAME")
+    args = parser.parse_args(argv)
+    missing = [str(d) for d in args.sweeps if not d.is_dir()]
+    if missing:
+        print(f"error: sweep directories {missing} do not exist; expected Hydra multirun directories.", file=sys.stderr)
+        return 2
+    try:
+        frame = report(args.sweeps, args.out)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = frame["status"].value_counts().to_dict()
+    print(f"{len(frame)} cells {counts} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
