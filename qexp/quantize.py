@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime, timezone
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

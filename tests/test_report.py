@@ -37,7 +37,9 @@ def test_report_keeps_the_newest_duplicate_and_shows_failed_cells(tmp_path: Path
     assert "ours · minmax · A8" in table and "85.00 (-6.00)" in table
     assert "**failed**: boom" in table and "**unsupported**: int8 only" in table
     assert {p.name for p in out.glob("*.png")} == {
-        "accuracy_vs_bits.png", "accuracy_vs_size.png", "weights_vs_activations.png"
+        "accuracy_vs_bits.png",
+        "accuracy_vs_size.png",
+        "weights_vs_activations.png",
     }
     first = (out / "results.md").read_text()
     report([sweep], out)
