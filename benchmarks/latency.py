@@ -52,10 +52,9 @@ def main() -> None:
     calibration = [torch.randn(256, 3, 32, 32) for _ in range(2)]
     int8, _ = quantize_int8(model, calibration, "minmax", "per_channel")
     models = {"fp32 eager": model, "FX int8 (x86)": int8, "float16": to_float16(model)}
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {args.threads}")
-    print(
-        f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
-    )
+    print(f"{hardware()}; torch {torch.__version__}; {args.threads} threads")
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"quantized engine {torch.backends.quantized.engine}; CPU capability {capability}")
     base = {}
     for batch in (1, 256):
         x = torch.randn(batch, 3, 32, 32)
