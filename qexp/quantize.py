@@ -61,7 +61,8 @@ def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule)
         quantized, images = quantize_int8(model, batches, quant.observer, quant.granularity)
         return quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend"
     if bits == (16, 16):
-        return to_float16(model), serialized_bytes(to_float16(model)), 0, FP16_REASON
+        half = to_float16(model)
+        return half, serialized_bytes(half), 0, FP16_REASON
     raise Unsupported(
         f"W{bits[0]}A{bits[1]}: torch.ao.quantization offers int8 (and float16) only; "
         "its CPU kernels have no 2-, 4- or mixed-width static quantization"
