@@ -52,7 +52,7 @@ def time_qexp(steps: int, warmup: int, batch_size: int) -> float:
     module = Classifier(resnet20(), optimizer, ema_decay=0.999)
     timer = StepTimer(warmup)
     trainer = L.Trainer(
-        max_steps=steps, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+        max_epochs=1, limit_train_batches=steps, precision="bf16-mixed", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
     )  # fmt: skip
     trainer.fit(module, dm)
@@ -64,7 +64,8 @@ def time_bare(steps: int, warmup: int, batch_size: int) -> float:
     model = resnet20().to(memory_format=torch.channels_last)
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999))
     optimizer = torch.optim.SGD(split_weight_decay(model, 5e-4), lr=0.2, momentum=0.9, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, steps // 10))
+    # Classifier's schedule for one epoch of ``steps`` with 3 warm-up epochs of the default recipe: all warm-up.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, 3 * steps))
     model.train()
     start = 0.0
     for step, (images, labels) in enumerate(dm.train_dataloader()):

@@ -19,7 +19,9 @@ def epoch_metrics(run_dir: Path) -> pd.DataFrame:
     """One row per epoch with the epoch-level metrics of all logged versions."""
     files = sorted((run_dir / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     if not files:
-        raise ValueError(f"no csv/version_*/metrics.csv under {str(run_dir)!r}; expected a qexp.train output directory.")
+        raise ValueError(
+            f"no csv/version_*/metrics.csv under {str(run_dir)!r}; expected a qexp.train output directory."
+        )
     frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     per_epoch = frame.groupby("epoch").agg("last").reset_index()
     return per_epoch.drop(columns=[c for c in ("step",) if c in per_epoch])
@@ -38,7 +40,7 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
     for column, label in (("val/acc", "raw weights"), ("val/ema_acc", "EMA weights")):
         if column in metrics:
             acc_ax.plot(epochs, 100 * metrics[column], label=label)
-    acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="Validation accuracy (5000 held-out training images)")
+    acc_ax.set(xlabel="epoch", ylabel="top-1 (%)", title="Validation accuracy (held-out training images)")
     low = 100 * metrics[[c for c in ("val/acc", "val/ema_acc") if c in metrics]].tail(50).min().min()
     acc_ax.set_ylim(max(0, low - 10), 100)
     for ax in (loss_ax, acc_ax):

@@ -12,8 +12,8 @@ synthetic data for tests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
+from qexp.atomic import write_atomically
 from qexp.errors import QexpError
 
 CLASSES = (
@@ -118,8 +119,17 @@ def _decode(files: list[tuple[Path, int]]) -> Split:
 def _fingerprint(files: list[tuple[Path, int]]) -> str:
     digest = hashlib.sha256()
     for path, label in files:
-        digest.update(f"{path.parent.name}/{path.name}:{path.stat().st_size}:{label}\n".encode())
+        stat = path.stat()
+        digest.update(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{label}\n".encode())
     return digest.hexdigest()
+
+
+def _read_cache(cache: Path) -> dict | None:
+    """The cached tensors, or None when the cache is absent or unreadable (then it is rebuilt)."""
+    try:
+        return torch.load(cache, weights_only=True)
+    except Exception:  # missing, truncated or foreign: decoding again is always correct
+        return None
 
 
 def load_image_folder(root: Path) -> dict[str, Split]:
@@ -139,19 +149,14 @@ def load_image_folder(root: Path) -> dict[str, Split]:
         files = _list_image_folder(root / split)
         fingerprint = _fingerprint(files)
         cache = root / f"{split}.qexp-cache.pt"
-        if cache.is_file():
-            cached = torch.load(cache, weights_only=True)
-            if cached.get("fingerprint") == fingerprint:
-                splits[split] = Split(cached["images"], cached["labels"])
-                continue
+        cached = _read_cache(cache)
+        if cached is not None and cached.get("fingerprint") == fingerprint:
+            splits[split] = Split(cached["images"], cached["labels"])
+            continue
         data = _decode(files)
         payload = {"images": data.images, "labels": data.labels, "fingerprint": fingerprint}
-        try:
-            tmp = cache.with_suffix(".tmp")
-            torch.save(payload, tmp)
-            os.replace(tmp, cache)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # a read-only data folder: decode again next time
+            write_atomically(cache, lambda tmp, payload=payload: torch.save(payload, tmp))
         splits[split] = data
     return splits
 
@@ -264,6 +269,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         flip: bool = True,
         cutout_size: int = 0,
         synthetic_sizes: tuple[int, int] = (512, 256),
+        label: str = "",
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -282,18 +288,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.flip = flip
         self.cutout_size = cutout_size
         self.synthetic_sizes = tuple(synthetic_sizes)
+        self.label = label or source  # what results say they were measured on
         self.splits: dict[str, Split] = {}
         self._full_train: Split | None = None
         self.calibration_indices: Tensor | None = None
-
-    @property
-    def description(self) -> str:
-        """What the numbers were measured on, for result files and reports."""
-        return {
-            "cifar10": "CIFAR-10 (torchvision)",
-            "cifar10_folder": f"CIFAR-10 image folder {self.root.name if self.root else ''}",
-            "synthetic": "synthetic",
-        }[self.source]
 
     def _load(self) -> dict[str, Split]:
         if self.source == "cifar10":

@@ -132,6 +132,9 @@ class Classifier(L.LightningModule):
         groups = split_weight_decay(self.model, self.hparams.weight_decay)
         optimizer = self.hparams.optimizer(params=groups)
         total = self.trainer.estimated_stepping_batches
-        warmup = round(self.hparams.warmup_epochs * total / self.trainer.max_epochs)
+        epochs = self.trainer.max_epochs
+        if not epochs or epochs < 1:
+            raise ValueError(f"trainer.max_epochs={epochs!r}: the warm-up + cosine schedule needs a number of epochs.")
+        warmup = round(self.hparams.warmup_epochs * total / epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

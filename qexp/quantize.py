@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -25,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from qexp.atomic import write_atomically
 from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import EXIT_USER_ERROR
 from qexp.evaluate import top1
@@ -109,11 +109,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datamodule: CIFAR10DataModule = instantiate(cfg.data)
         datamodule.setup()
         test = datamodule.splits["test"]
-        result["data"] = datamodule.description
+        result["data"] = datamodule.label
         result["checkpoint_test_top1"] = meta.get("test_top1")
         result["fp32_top1"] = top1(model, test, normalize, datamodule.eval_batch_size)
         result["fp32_size_bytes"] = serialized_bytes(model)
         quantized, size, images, note = quantize(model, quant, datamodule)
+        if note == FP16_REASON:
+            result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
         result["top1"] = top1(quantized, test, normalize, datamodule.eval_batch_size)
         result.update(status="ok", reason=note, size_bytes=size, calib_images=images)
     except Unsupported as error:
@@ -138,10 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """Write ``result`` as JSON atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2, default=str)))
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CELL = ["quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits"]
+CELL = ["quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "data", "checkpoint"]
 BITS = [16, 8, 4, 2]
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch"}
 
@@ -33,7 +33,7 @@ def collect(directories: list[Path]) -> pd.DataFrame:
             rows.append(record)
     if not rows:
         raise ValueError(f"no result.json below {[str(d) for d in directories]}; expected Hydra sweep directories.")
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).reindex(columns=sorted({*CELL, "finished_at", *pd.DataFrame(rows).columns}))
     for column in CELL:
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     frame = frame.sort_values("finished_at").drop_duplicates(subset=CELL, keep="last")
@@ -42,6 +42,8 @@ def collect(directories: list[Path]) -> pd.DataFrame:
 
 def variant(row: pd.Series) -> str:
     """Row label of the comparison table: method, observer and what differs from WbAb."""
+    if row["quant"] == "torch_ptq" and row["w_bits"] == 16:
+        return "PyTorch · float16"
     label = f"{METHOD_NAMES.get(row['quant'], row['quant'])} · {row['observer']}"
     if row["a_bits"] != row["w_bits"]:
         label += f" · A{row['a_bits']}"

@@ -76,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test_top1": 100 * test_metrics["test/ema_acc" if choice == "ema" else "test/acc"],
         "val_top1": {k: 100 * v for k, v in val_metrics.items()},
         "weights": choice,
-        "data": datamodule.description,
+        "data": datamodule.label,
         "epochs": trainer.current_epoch,
         "train_seconds": round(clock.seconds, 1),
         "command": "python -m qexp.train " + " ".join(sys.argv[1:]),

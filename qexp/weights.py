@@ -7,7 +7,6 @@ values, so ``torch.load(weights_only=True)`` reads it without executing pickled 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qexp.atomic import write_atomically
 from qexp.errors import QexpError
 
 SHIPPED = Path(__file__).parent / "assets" / "resnet20_cifar10_jpeg.pt"
@@ -28,10 +28,7 @@ def arch_name(model_cfg: Mapping[str, Any]) -> str:
 def save_weights(path: Path, model: nn.Module, arch: str, meta: dict[str, Any]) -> None:
     """Write ``{"arch", "state_dict", "meta"}`` atomically (a temporary file, then rename)."""
     state = {k.replace("_orig_mod.", ""): v.detach().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"arch": arch, "state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save({"arch": arch, "state_dict": state, "meta": meta}, tmp))
 
 
 def load_weights(path: Path, model: nn.Module, arch: str) -> dict[str, Any]:

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from qexp.models import resnet20
-from qexp.quant.affine import pack, quantize, unpack
+from qexp.quant.affine import dequantize, pack, quantize
 from qexp.quant.custom_ptq import PTQConfig, calibrate, freeze, insert_quantizers, quantize_model
-from qexp.quant.export import integer_export, serialized_bytes
+from qexp.quant.export import exported_weight, integer_export, serialized_bytes
 from qexp.quant.integer import integer_conv2d, requantize
 from qexp.quant.modules import FakeQuantize, Mode, QuantLayer, quantizers
 from qexp.quant.observers import MinMaxObserver
@@ -79,26 +79,33 @@ def test_bad_configs_are_rejected(kwargs, message):
         PTQConfig(**kwargs)
 
 
-def test_export_stores_packed_integers_that_reproduce_the_weights(model_and_data):
+def test_export_stores_packed_integers_that_reproduce_the_quantized_weights(model_and_data):
     model, calibration, _ = model_and_data
     sizes = {}
     for bits in (2, 4, 8):
         quantized, _ = quantize_model(model, PTQConfig(bits, 8), calibration)
         state = integer_export(quantized)
-        layer = quantized.layer2[0].conv1
+        layers = [m for m in quantized.modules() if isinstance(m, QuantLayer)]
+        index = 7
+        layer = layers[index]
         wq = layer.weight_quantizer
-        stored = unpack(state["layer2.0.conv1.weight"], bits, wq.qmin, layer.layer.weight.numel())
-        expected = quantize(layer.layer.weight, wq.scale, wq.zero_point, wq.qmin, wq.qmax, axis=0)
-        assert torch.equal(stored, expected.flatten().to(torch.int32))
+        weight = exported_weight(state, index)
+        dequantized = dequantize(weight.float().flatten(1, -1), wq.scale, wq.zero_point, axis=0)
+        torch.testing.assert_close(dequantized.reshape(layer.layer.weight.shape), layer.quantized_weight())
+        assert state["activation_bits"].tolist() == [8] * (20 + 18)
         sizes[bits] = serialized_bytes(state)
     fp32 = serialized_bytes(model)
     assert sizes[2] < sizes[4] < sizes[8] < 0.3 * fp32
+    assert sizes[2] < 0.1 * fp32  # 2 bits of 32, plus scales and biases
 
 
-def test_integer_conv_matches_fake_quantization_within_one_step():
+@pytest.mark.parametrize(("signed_input", "stride"), [(False, 1), (True, 1), (True, 2)])
+def test_integer_conv_matches_fake_quantization_within_one_step(signed_input, stride):
     torch.manual_seed(0)
-    conv = nn.Conv2d(8, 16, 3, padding=1, bias=True)
-    x = torch.relu(torch.randn(4, 8, 10, 10))
+    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=1, bias=True)
+    x = torch.randn(4, 8, 10, 10) + 0.5  # signed: a non-zero input zero point, padded with the real 0
+    if not signed_input:
+        x = torch.relu(x)
     config = PTQConfig(8, 8)
     layer = QuantLayer(conv, config.make_quantizer(8, True), config.make_quantizer(8, False))
     output = FakeQuantize(MinMaxObserver(8, symmetric=False))
@@ -111,7 +118,8 @@ def test_integer_conv_matches_fake_quantization_within_one_step():
     x_int = quantize(x, xq.scale, xq.zero_point, xq.qmin, xq.qmax)
     w_int = quantize(conv.weight, wq.scale, wq.zero_point, wq.qmin, wq.qmax, axis=0)
     bias_int = torch.round(conv.bias / (xq.scale * wq.scale))
-    accumulator = integer_conv2d(x_int, int(xq.zero_point), w_int, bias_int)
+    assert (int(xq.zero_point) != 0) == signed_input
+    accumulator = integer_conv2d(x_int, int(xq.zero_point), w_int, bias_int, stride=stride)
     assert accumulator.dtype == torch.int32
     out_int = requantize(accumulator, xq.scale * wq.scale / output.scale, int(output.zero_point), 0, 255)
     integer = (out_int - output.zero_point) * output.scale
@@ -119,6 +127,16 @@ def test_integer_conv_matches_fake_quantization_within_one_step():
     assert (integer == fake).float().mean() > 0.95  # almost always the very same integer
 
 
-def test_pack_is_what_the_export_uses_for_two_bits():
+def test_two_bit_packing_puts_four_values_in_a_byte():
     q = torch.tensor([-1, 0, 1, 1, -1])
     assert pack(q, 2, -1).tolist() == [0 + (1 << 2) + (2 << 4) + (2 << 6), 0]
+
+
+def test_quantizers_are_told_apart_by_role(model_and_data):
+    model, calibration, _ = model_and_data
+    quantized, _ = quantize_model(model, PTQConfig(4, 8), calibration)
+    weights, activations = quantizers(quantized, "weight"), quantizers(quantized, "activation")
+    assert len(weights) == 20 and len(activations) == 38
+    assert {q.bits for q in weights.values()} == {4} and {q.bits for q in activations.values()} == {8}
+    with pytest.raises(ValueError, match="kind='weights'"):
+        quantizers(quantized, "weights")

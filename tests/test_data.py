@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from qexp.data import (
+    MEAN,
+    STD,
     CIFAR10DataModule,
     cutout,
     load_image_folder,
@@ -81,9 +83,12 @@ def test_cutout_zeroes_one_square():
 
 
 def test_normalize_is_channels_last_and_standardised():
-    splits = make_synthetic(256, 8, seed=0)
-    out = normalize(splits["train"].images)
+    mean_image = torch.tensor([round(m * 255) for m in MEAN], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    out = normalize(mean_image)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.abs().max() < 0.01  # the data set's mean maps to 0
+    one_std_up = (mean_image.float() + torch.tensor(STD).view(1, 3, 1, 1) * 255).round().to(torch.uint8)
+    torch.testing.assert_close(normalize(one_std_up), torch.ones(2, 3, 4, 4), atol=0.03, rtol=0)
 
 
 def test_datamodule_splits_and_calibration_subset_come_from_training_images():

@@ -44,3 +44,11 @@ def test_a_conv_whose_output_is_also_used_elsewhere_is_not_folded():
             return self.bn(y) + y
 
     assert conv_bn_pairs(Branching()) == []
+
+
+def test_batchnorm_without_affine_parameters_folds_too():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False)).eval()
+    model[1].running_mean.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    model[1].running_var.copy_(torch.tensor([1.0, 4.0, 0.25, 2.0]))
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fold_batchnorm(model)(x), model(x), atol=1e-5, rtol=1e-5)

@@ -1,6 +1,6 @@
 """Checks on the shipped checkpoint and the JPEG mirror: slow and data-hungry, skipped by ``make test``.
 
-    python -m pytest -m slow
+python -m pytest -m slow
 """
 
 from pathlib import Path

@@ -112,7 +112,7 @@ def pack(q: Tensor, bits: int, qmin: int) -> Tensor:
     per_byte = 8 // width
     offset = flat - qmin
     padded = torch.nn.functional.pad(offset, (0, (-len(offset)) % per_byte)).reshape(-1, per_byte)
-    shifts = torch.arange(per_byte, dtype=torch.int32) * width
+    shifts = torch.arange(per_byte, dtype=torch.int32, device=q.device) * width
     return (padded << shifts).sum(dim=1).to(torch.uint8)
 
 
@@ -122,6 +122,6 @@ def unpack(packed: Tensor, bits: int, qmin: int, numel: int) -> Tensor:
     if width in (8, 16):
         return packed.to(torch.int32) + (2 ** (width - 1) if qmin >= 0 else 0)
     per_byte = 8 // width
-    shifts = torch.arange(per_byte, dtype=torch.int32) * width
+    shifts = torch.arange(per_byte, dtype=torch.int32, device=packed.device) * width
     values = (packed.to(torch.int32)[:, None] >> shifts) & (2**width - 1)
     return values.flatten()[:numel] + qmin

@@ -26,6 +26,7 @@ from qexp.quant.modules import FakeQuantize, Mode, QuantAdd, QuantLayer, quantiz
 from qexp.quant.observers import OBSERVERS, PercentileObserver
 
 GRANULARITIES = ("per_channel", "per_tensor")
+EMPTY_CALIBRATION = "the calibration set is empty; expected at least one calibration image (data.calib_size)."
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> int:
         model(batch)
         images += len(batch)
     if images == 0:
-        raise ValueError("the calibration set is empty; expected at least one calibration image (data.calib_size).")
+        raise ValueError(EMPTY_CALIBRATION)
     return images
 
 

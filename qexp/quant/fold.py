@@ -20,10 +20,12 @@ def fold_conv_bn_weights(
     weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm
 ) -> tuple[Tensor, Tensor]:
     """Folded ``(weight, bias)`` of a convolution followed by ``bn`` in eval mode."""
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    gamma = torch.ones_like(bn.running_var) if bn.weight is None else bn.weight
+    beta = torch.zeros_like(bn.running_mean) if bn.bias is None else bn.bias
+    factor = gamma / torch.sqrt(bn.running_var + bn.eps)
     bias = torch.zeros_like(bn.running_mean) if bias is None else bias
     folded_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
-    folded_bias = (bias - bn.running_mean) * factor + bn.bias
+    folded_bias = (bias - bn.running_mean) * factor + beta
     return folded_weight, folded_bias
 
 
@@ -37,8 +39,9 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.modules.batchnorm._BatchNorm):
-            continue
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+            continue  # a BN without running statistics normalises by batch and cannot be folded
         source = node.args[0]
         if (
             isinstance(source, torch.fx.Node)

@@ -1,11 +1,13 @@
 """Fake-quantized building blocks: a quantizer, and wrappers that put quantizers on a layer's inputs.
 
-Where activations are quantized mirrors an integer pipeline. Every convolution and linear layer
-quantizes its input and its weight (so the pooled features are quantized at the classifier's
-input), and a residual ``add`` quantizes both of its operands (the block's conv output and the
-shortcut). After ReLU an input is non-negative and its asymmetric grid starts at exactly 0.
-The add's own output is consumed only by a ReLU whose output is quantized by the next layers'
-inputs -- the fused add+ReLU with one requantization that integer kernels implement.
+Where activations are quantized follows the consumers of each tensor: every convolution and
+linear layer quantizes its input and its weight (so the pooled features are quantized at the
+classifier's input), and a residual ``add`` quantizes both of its operands (the block's conv
+output and the shortcut). After ReLU an input is non-negative and its asymmetric grid starts at
+exactly 0. This approximates an integer pipeline with fused add+ReLU: a block's output is
+quantized by each of its consumers (the next conv and the next shortcut) with its own observer
+on the same data -- identical grids except after the option-A shortcut's subsampling -- and the
+last block's output is average-pooled in float before the classifier's input quantizer.
 """
 
 from __future__ import annotations
@@ -88,16 +90,24 @@ class QuantAdd(nn.Module):
         return self.quantizer_a(a) + self.quantizer_b(b)
 
 
+KINDS = ("weight", "activation")
+
+
 def quantizers(model: nn.Module, kind: str | None = None) -> dict[str, FakeQuantize]:
     """The model's quantizers by name; ``kind="weight"`` or ``"activation"`` selects one sort."""
-    found = {name: m for name, m in model.named_modules() if isinstance(m, FakeQuantize)}
-    if kind is None:
-        return found
-    is_weight = kind == "weight"
-    return {name: m for name, m in found.items() if name.endswith("weight_quantizer") == is_weight}
+    if kind not in (None, *KINDS):
+        raise ValueError(f"kind={kind!r} is not known; expected None or one of {KINDS}.")
+    weight_ids = {id(m.weight_quantizer) for m in model.modules() if isinstance(m, QuantLayer)}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, FakeQuantize) and kind in (None, "weight" if id(m) in weight_ids else "activation")
+    }
 
 
 def set_mode(model: nn.Module, weights: Mode, activations: Mode) -> None:
     """Switch every weight quantizer to ``weights`` and every activation quantizer to ``activations``."""
-    for name, quantizer in quantizers(model).items():
-        quantizer.mode = weights if name.endswith("weight_quantizer") else activations
+    for quantizer in quantizers(model, "weight").values():
+        quantizer.mode = weights
+    for quantizer in quantizers(model, "activation").values():
+        quantizer.mode = activations

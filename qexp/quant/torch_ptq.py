@@ -25,8 +25,13 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from torch.ao.quantization import QConfig, QConfigMapping
+from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+
+from qexp.quant.custom_ptq import EMPTY_CALIBRATION, GRANULARITIES
 
 DEPRECATION_MESSAGE = r"torch\.ao\.quantization is deprecated"
+# Quantized tensors (quint8/qint8) themselves are marked deprecated in favour of torchao.
 QUANTIZED_TENSOR_MESSAGE = r"torch\.quantize_per_tensor, torch\.quantize_per_channel"
 FP16_REASON = (
     "float16, not int16: torch.ao.quantization has no int16 convolution and its float16 qconfig "
@@ -42,21 +47,18 @@ class Unsupported(Exception):
 def _quiet_deprecation() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=DEPRECATION_MESSAGE, category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="Please use quant_min and quant_max", category=UserWarning)
-        warnings.filterwarnings(
-            "ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel", category=UserWarning
-        )
+        warnings.filterwarnings("ignore", message=QUANTIZED_TENSOR_MESSAGE, category=UserWarning)
         yield
 
 
-def int8_qconfig_mapping(observer: str, granularity: str):  # -> QConfigMapping
-    """The x86 qconfig with the activation observer of ``observer`` and the weight granularity asked for."""
-    from torch.ao.quantization import QConfig, QConfigMapping
-    from torch.ao.quantization.observer import (
-        HistogramObserver,
-        MinMaxObserver,
-        PerChannelMinMaxObserver,
-    )
+def int8_qconfig_mapping(observer: str, granularity: str) -> QConfigMapping:
+    """The x86 qconfig with the activation observer of ``observer`` and the weight granularity asked for.
+
+    ``observer`` picks the *activation* observer; weights always use PyTorch's MinMax observer,
+    as its x86 default does.
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"quant.granularity={granularity!r} is not known; expected one of {GRANULARITIES}.")
 
     activations = {"minmax": MinMaxObserver, "mse": HistogramObserver}
     if observer not in activations:
@@ -93,7 +95,7 @@ def quantize_int8(
     batches = iter(calibration_batches)
     first = next(batches, None)
     if first is None:
-        raise ValueError("the calibration set is empty; expected at least one calibration image (data.calib_size).")
+        raise ValueError(EMPTY_CALIBRATION)
     with _quiet_deprecation():
         prepared = prepare_fx(float_model, mapping, example_inputs=(first[:1],))
         images = 0
