@@ -9,6 +9,8 @@ MIRROR := ../shared/data/cifar10-jpeg.tar.gz
 DATA ?= $(if $(wildcard $(MIRROR)),cifar10_folder,cifar10)
 GRID ?= multirun/grid
 REPORT ?= multirun_reports/resnet20_ptq
+# Extra overrides for every grid cell, e.g. ARGS=threads=1 while another job uses a core.
+ARGS ?=
 
 .PHONY: venv data test demo grid report train lint
 
@@ -35,13 +37,13 @@ demo: venv data
 	$(MAKE) grid report
 
 grid:
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=none hydra.sweep.dir=$(GRID)/fp32
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=8 observer=minmax,mse hydra.sweep.dir=$(GRID)/torch_int8
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=none hydra.sweep.dir=$(GRID)/fp32 $(ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=8 observer=minmax,mse hydra.sweep.dir=$(GRID)/torch_int8 $(ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16 $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4,8,16 observer=minmax,percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom
+		hydra.sweep.dir=$(GRID)/custom $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4 quant.a_bits=8 observer=minmax,percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom_a8
+		hydra.sweep.dir=$(GRID)/custom_a8 $(ARGS)
 
 report:
 	$(PY) -m qexp.report $(GRID) --out $(REPORT)

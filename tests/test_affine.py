@@ -97,3 +97,16 @@ def test_pack_round_trips_and_packs_low_bit_widths(bits, symmetric, n, seed):
     assert torch.equal(unpack(packed, bits, qmin, n), q.to(torch.int32))
     if bits in (2, 4):
         assert packed.numel() == -(-n * bits // 8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), bounds=ranges(), values=st.lists(finite, min_size=1, max_size=30))
+def test_fused_kernel_agrees_with_the_reference_within_one_step(bits, symmetric, bounds, values):
+    from qexp.quant.modules import fused_fake_quantize
+
+    scale, zero_point = choose_qparams(*bounds, bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric)
+    x = torch.tensor(values)
+    reference = fake_quantize(x, scale, zero_point, qmin, qmax)
+    fused = fused_fake_quantize(x, scale, zero_point, qmin, qmax)
+    assert ((fused - reference).abs() <= scale * (1 + 1e-4)).all()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qexp.quant.affine import fake_quantize, quant_range
+from qexp.quant.affine import quant_range
 from qexp.quant.observers import Observer
 
 
@@ -26,6 +26,23 @@ class Mode(str, Enum):
     FLOAT = "float"  # pass through
     OBSERVE = "observe"  # record statistics, pass through
     QUANTIZE = "quantize"  # fake-quantize with frozen parameters
+
+
+def fused_fake_quantize(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
+    """``affine.fake_quantize`` in one pass, through PyTorch's fused fake-quantization kernels.
+
+    Same grid, same clamping, straight-through gradient inside the range; about 3x faster than
+    the five elementwise ops of the reference, which matters when every activation of every
+    test image passes through a quantizer. It multiplies by ``1 / s`` where the reference
+    divides by ``s``, so a value exactly between two levels may round to the other neighbour
+    (a test bounds the difference by one step).
+    """
+    zero_point = zero_point.to(torch.int32)
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, scale.float(), zero_point, qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x, scale.float(), zero_point, axis, qmin, qmax)
 
 
 class FakeQuantize(nn.Module):
@@ -51,7 +68,7 @@ class FakeQuantize(nn.Module):
         if self.mode is Mode.OBSERVE:
             return self.observer(x)
         if self.mode is Mode.QUANTIZE:
-            return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, self.observer.axis)
+            return fused_fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax, self.observer.axis)
         return x
 
     def extra_repr(self) -> str:

@@ -52,33 +52,37 @@ def percentile_range(values: Tensor, counts: Tensor | None, percentile: float) -
 def quantization_error(
     values: Tensor, counts: Tensor | None, low: Tensor, high: Tensor, bits: int, symmetric: bool
 ) -> Tensor:
-    """Per-row ``sum counts * (v - Q(v))^2`` for the grid chosen from ``[low, high]``."""
+    """Per-row ``sum counts * (v - Q(v))^2`` for the grids chosen from ``[low, high]``.
+
+    ``values`` and ``counts`` are ``C x K``; ``low`` and ``high`` are ``... x C`` (several candidate
+    ranges per row at once), and so is the result.
+    """
     scale, zero_point = choose_qparams(low, high, bits, symmetric)
     qmin, qmax = quant_range(bits, symmetric)
-    error = (fake_quantize(values, scale, zero_point, qmin, qmax, axis=0) - values) ** 2
+    error = (fake_quantize(values, scale[..., None], zero_point[..., None], qmin, qmax) - values) ** 2
     if counts is not None:
         error = error * counts
-    return error.sum(dim=1)
+    return error.sum(dim=-1)
 
 
 def mse_range(
     values: Tensor, counts: Tensor | None, bits: int, symmetric: bool, candidates: int = MSE_CANDIDATES
 ) -> tuple[Tensor, Tensor]:
-    """Per-row range ``alpha * (min, max)`` minimising the quantization error, ``alpha`` in (0, 1]."""
+    """Per-row range ``alpha * (min, max)`` minimising the quantization error, ``alpha`` in (0, 1].
+
+    All candidates are evaluated in one batched computation (``candidates x C x K``); on ties the
+    smallest ``alpha`` wins.
+    """
     if counts is None:
         low, high = values.amin(dim=1), values.amax(dim=1)
     else:  # the extreme occupied bins
         occupied = counts > 0
         low = torch.where(occupied, values, torch.inf).amin(dim=1)
         high = torch.where(occupied, values, -torch.inf).amax(dim=1)
-    best_error = torch.full_like(low, torch.inf)
-    best_alpha = torch.ones_like(low)
-    for alpha in torch.linspace(1.0 / candidates, 1.0, candidates).tolist():
-        error = quantization_error(values, counts, alpha * low, alpha * high, bits, symmetric)
-        better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        best_alpha = torch.where(better, torch.full_like(best_alpha, alpha), best_alpha)
-    return best_alpha * low, best_alpha * high
+    alphas = torch.linspace(1.0 / candidates, 1.0, candidates, device=values.device)[:, None]
+    errors = quantization_error(values, counts, alphas * low, alphas * high, bits, symmetric)
+    best = alphas[errors.argmin(dim=0), 0]
+    return best * low, best * high
 
 
 # --- observers ----------------------------------------------------------------------------------
