@@ -38,12 +38,17 @@ demo: venv data
 
 grid:
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=none hydra.sweep.dir=$(GRID)/fp32 $(ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=8 observer=minmax,mse hydra.sweep.dir=$(GRID)/torch_int8 $(ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=2,4,8 observer=minmax,mse \
+		hydra.sweep.dir=$(GRID)/torch_int8 $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16 $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4,8,16 observer=minmax,percentile,mse \
 		hydra.sweep.dir=$(GRID)/custom $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4 quant.a_bits=8 observer=minmax,percentile,mse \
 		hydra.sweep.dir=$(GRID)/custom_a8 $(ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=4 quant.first_last_bits=8 observer=percentile,mse \
+		hydra.sweep.dir=$(GRID)/custom_fl8 $(ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2 quant.a_bits=8 quant.first_last_bits=8 \
+		observer=mse hydra.sweep.dir=$(GRID)/custom_a8_fl8 $(ARGS)
 
 report:
 	$(PY) -m qexp.report $(GRID) --out $(REPORT)

@@ -32,7 +32,7 @@ from qexp.provenance import git_commit, hardware, versions
 from qexp.quant.affine import check_bits
 from qexp.quant.custom_ptq import PTQConfig, quantize_model
 from qexp.quant.export import integer_export, serialized_bytes
-from qexp.quant.torch_ptq import FP16_REASON, Unsupported, quantize_int8, to_float16
+from qexp.quant.torch_ptq import FP16_REASON, Unsupported, int8_qconfig_mapping, quantize_int8, to_float16
 from qexp.weights import SHIPPED, arch_name, load_weights
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,10 @@ METHODS = ("none", "custom_ptq", "torch_ptq")
 
 
 def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> tuple[nn.Module, int, int, str]:
-    """``(quantized model, size in bytes, calibration images, note)`` for ``quant.method``."""
+    """``(quantized model, size in bytes, calibration images, note)`` for ``quant.method``.
+
+    ``check_supported`` has already turned away what PyTorch's PTQ cannot do.
+    """
     batches = datamodule.calibration_batches(torch.device("cpu"))
     if quant.method == "none":
         return model, serialized_bytes(model), 0, "fp32 reference"
@@ -56,17 +59,25 @@ def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule)
         )
         quantized, images = quantize_model(model, config, batches)
         return quantized, serialized_bytes(integer_export(quantized)), images, ""
-    bits = (quant.w_bits, quant.a_bits)
-    if bits == (8, 8):
+    if (quant.w_bits, quant.a_bits) == (8, 8):
         quantized, images = quantize_int8(model, batches, quant.observer, quant.granularity)
         return quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend"
-    if bits == (16, 16):
-        half = to_float16(model)
-        return half, serialized_bytes(half), 0, FP16_REASON
-    raise Unsupported(
-        f"W{bits[0]}A{bits[1]}: torch.ao.quantization offers int8 (and float16) only; "
-        "its CPU kernels have no 2-, 4- or mixed-width static quantization"
-    )
+    half = to_float16(model)
+    return half, serialized_bytes(half), 0, FP16_REASON
+
+
+def check_supported(quant: DictConfig) -> None:
+    """Raise ``Unsupported`` before any work for what PyTorch's PTQ cannot do."""
+    if quant.method != "torch_ptq":
+        return
+    bits = (quant.w_bits, quant.a_bits)
+    if bits not in ((8, 8), (16, 16)):
+        raise Unsupported(
+            f"W{bits[0]}A{bits[1]}: torch.ao.quantization offers int8 (and float16) only; "
+            "its CPU kernels have no 2-, 4- or mixed-width static quantization"
+        )
+    if bits == (8, 8):
+        int8_qconfig_mapping(quant.observer, quant.granularity)  # raises for observers it lacks
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -101,6 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if quant.method != "none":
             check_bits(quant.w_bits, "quant.w_bits")
             check_bits(quant.a_bits, "quant.a_bits")
+        check_supported(quant)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         model = instantiate(cfg.model)

@@ -136,7 +136,9 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
         ax.plot(group["w_bits"], group["top1"], marker="o", label=label)
     if len(fp32):
         ax.axhline(float(fp32["top1"].iloc[0]), color="black", linestyle="--", label="FP32")
-    ax.set(xscale="log", xticks=BITS, xticklabels=[str(b) for b in BITS], xlabel="weight bits", ylabel="test top-1 (%)")
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set(xticks=BITS, xticklabels=[str(b) for b in BITS], xlabel="weight bits", ylabel="test top-1 (%)")
     ax.set_title("Accuracy vs bit width")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
