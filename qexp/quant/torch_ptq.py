@@ -66,8 +66,9 @@ def int8_qconfig_mapping(observer: str, granularity: str) -> QConfigMapping:
             f"observer={observer!r} has no counterpart in torch.ao.quantization (it offers minmax and the "
             "L2-minimising histogram observer, used for observer=mse)"
         )
-    # reduce_range keeps uint8 activations to 7 bits: x86's VNNI kernels can overflow otherwise.
-    activation = activations[observer].with_args(dtype=torch.quint8, reduce_range=True)
+    # Activations in [0, 127] (7 bits), as x86's default qconfig does with reduce_range: the
+    # VNNI kernels' u8 x s8 products can overflow their 16-bit intermediate sums otherwise.
+    activation = activations[observer].with_args(dtype=torch.quint8, quant_min=0, quant_max=127)
     if granularity == "per_channel":
         weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     else:
