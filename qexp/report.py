@@ -130,6 +130,12 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     quantized = ok[ok["quant"] != "none"]
     paths = []
 
+    def save(fig: plt.Figure, name: str) -> None:
+        paths.append(out / name)
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, group in quantized.groupby("variant"):
         group = group.sort_values("w_bits")
@@ -142,10 +148,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_title("Accuracy vs bit width")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    paths.append(out / "accuracy_vs_bits.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "accuracy_vs_bits.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, group in ok.groupby("variant"):
@@ -153,10 +156,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     ax.set(xscale="log", xlabel="stored size (KiB, log)", ylabel="test top-1 (%)", title="Accuracy vs model size")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    paths.append(out / "accuracy_vs_size.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "accuracy_vs_size.png")
 
     ours = quantized[(quantized["quant"] == "custom_ptq") & quantized["w_bits"].isin([4, 2])]
     ours = ours[ours["first_last_bits"].isna() & (ours["granularity"] == "per_channel")]
@@ -175,10 +175,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xticks(list(x), labels, rotation=20)
         ax.set(ylabel="test top-1 (%)", title="Weights alone vs weights and activations")
         ax.legend(fontsize=8)
-        paths.append(out / "weights_vs_activations.png")
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        save(fig, "weights_vs_activations.png")
     return paths
 
 

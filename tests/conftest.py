@@ -73,6 +73,20 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def model_and_data():
+    """ResNet20 with random BatchNorm statistics, two calibration batches and a test batch."""
+    import torch
+
+    from tests.test_fold import randomise_batchnorm
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(resnet20())
+    generator = torch.Generator().manual_seed(1)
+    calibration = [torch.randn(32, 3, 32, 32, generator=generator) for _ in range(2)]
+    return model, calibration, torch.randn(16, 3, 32, 32, generator=generator)
+
+
 @pytest.fixture
 def compose_in(tmp_path: Path) -> Callable[[str, list[str]], DictConfig]:
     return lambda name, overrides: compose_config(name, overrides, tmp_path)

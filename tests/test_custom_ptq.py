@@ -4,24 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from qexp.models import resnet20
 from qexp.quant.affine import dequantize, pack, quantize
 from qexp.quant.custom_ptq import PTQConfig, calibrate, freeze, insert_quantizers, quantize_model
 from qexp.quant.export import exported_weight, integer_export, serialized_bytes
 from qexp.quant.integer import integer_conv2d, requantize
 from qexp.quant.modules import FakeQuantize, Mode, QuantLayer, quantizers
 from qexp.quant.observers import MinMaxObserver
-from tests.test_fold import randomise_batchnorm
-
-
-@pytest.fixture(scope="module")
-def model_and_data():
-    torch.manual_seed(0)
-    model = randomise_batchnorm(resnet20())
-    generator = torch.Generator().manual_seed(1)
-    calibration = [torch.randn(32, 3, 32, 32, generator=generator) for _ in range(2)]
-    test = torch.randn(16, 3, 32, 32, generator=generator)
-    return model, calibration, test
 
 
 def relative_error(model: nn.Module, reference: torch.Tensor, x: torch.Tensor) -> float:

@@ -2,19 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from qexp.models import resnet20
 from qexp.quant.export import serialized_bytes
 from qexp.quant.torch_ptq import Unsupported, check_converted, quantize_int8, to_float16
-from tests.test_fold import randomise_batchnorm
-
-
-@pytest.fixture(scope="module")
-def model_and_data():
-    torch.manual_seed(0)
-    model = randomise_batchnorm(resnet20())
-    generator = torch.Generator().manual_seed(1)
-    calibration = [torch.randn(32, 3, 32, 32, generator=generator) for _ in range(2)]
-    return model, calibration, torch.randn(16, 3, 32, 32, generator=generator)
 
 
 @pytest.mark.parametrize("observer", ["minmax", "mse"])
