@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "calib_images": 0,
         "seconds": None,
         "checkpoint": str(checkpoint),
-        "data": None,
+        "data": cfg.data.get("label") or cfg.data.source,  # known even when nothing is evaluated
     }
     if quant.method == "none":
         result.update(bits=32, observer="none")
@@ -121,7 +121,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datamodule: CIFAR10DataModule = instantiate(cfg.data)
         datamodule.setup()
         test = datamodule.splits["test"]
-        result["data"] = datamodule.label
         result["checkpoint_test_top1"] = meta.get("test_top1")
         result["fp32_top1"] = top1(model, test, normalize, datamodule.eval_batch_size)
         result["fp32_size_bytes"] = serialized_bytes(model)

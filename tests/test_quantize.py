@@ -25,6 +25,7 @@ def test_design_card_sweep_runs_through_the_real_entry_point(tmp_path: Path, wei
     assert status[("custom_ptq", 2, "minmax")] == status[("custom_ptq", 8, "percentile")] == "ok"
     assert status[("torch_ptq", 8, "minmax")] == "ok"
     assert status[("torch_ptq", 2, "minmax")] == status[("torch_ptq", 8, "percentile")] == "unsupported"
+    assert {c["data"] for c in cells} == {"synthetic"}
     ok = [c for c in cells if c["status"] == "ok"]
     assert all(c["calib_images"] == 128 and 0 <= c["top1"] <= 100 for c in ok)
     assert all(c["size_bytes"] < c["fp32_size_bytes"] for c in ok)
