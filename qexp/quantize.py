@@ -32,6 +32,7 @@ from qexp.provenance import git_commit, hardware, versions
 from qexp.quant.affine import check_bits
 from qexp.quant.custom_ptq import PTQConfig, quantize_model
 from qexp.quant.export import integer_export, serialized_bytes
+from qexp.quant.reconstruct import ReconstructionConfig
 from qexp.quant.torch_ptq import FP16_REASON, Unsupported, int8_qconfig_mapping, quantize_int8, to_float16
 from qexp.weights import SHIPPED, arch_name, load_weights
 
@@ -49,21 +50,31 @@ def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule)
     if quant.method == "none":
         return model, serialized_bytes(model), 0, "fp32 reference"
     if quant.method == "custom_ptq":
-        config = PTQConfig(
-            w_bits=quant.w_bits,
-            a_bits=quant.a_bits,
-            observer=quant.observer,
-            granularity=quant.granularity,
-            first_last_bits=quant.first_last_bits,
-            percentile=quant.percentile,
-        )
-        quantized, images = quantize_model(model, config, batches)
+        quantized, images = quantize_model(model, ptq_config(quant), batches)
         return quantized, serialized_bytes(integer_export(quantized)), images, ""
     if (quant.w_bits, quant.a_bits) == (8, 8):
         quantized, images = quantize_int8(model, batches, quant.observer, quant.granularity)
         return quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend"
     half = to_float16(model)
     return half, serialized_bytes(half), 0, FP16_REASON
+
+
+def ptq_config(quant: DictConfig) -> PTQConfig:
+    """Our PTQ's settings from ``conf/quant/custom_ptq.yaml``."""
+    reconstruction = None
+    if quant.reconstruct:
+        reconstruction = ReconstructionConfig(granularity=quant.reconstruct, **quant.reconstruction)
+    return PTQConfig(
+        w_bits=quant.w_bits,
+        a_bits=quant.a_bits,
+        observer=quant.observer,
+        granularity=quant.granularity,
+        first_last_bits=quant.first_last_bits,
+        percentile=quant.percentile,
+        equalize=quant.equalize,
+        bias_correction=quant.bias_correction,
+        reconstruction=reconstruction,
+    )
 
 
 def check_supported(quant: DictConfig) -> None:
@@ -80,6 +91,33 @@ def check_supported(quant: DictConfig) -> None:
         int8_qconfig_mapping(quant.observer, quant.granularity)  # raises for observers it lacks
 
 
+def load(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str, Any], CIFAR10DataModule]:
+    """The float model in eval mode with ``checkpoint``'s weights, their metadata, and the set-up data."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = instantiate(cfg.model)
+    meta = load_weights(checkpoint, model, arch_name(cfg.model))
+    model.eval()
+    datamodule: CIFAR10DataModule = instantiate(cfg.data)
+    datamodule.setup()
+    return model, meta, datamodule
+
+
+def recovery(quant: DictConfig) -> str | None:
+    """What a custom-PTQ cell adds to round-to-nearest, e.g. ``"CLE + BRECQ+QDrop 2000 steps"``; None for nothing."""
+    parts = []
+    if quant.get("equalize"):
+        parts.append("CLE")
+    if quant.get("reconstruct"):
+        name = {"layer": "AdaRound", "block": "BRECQ"}.get(quant.reconstruct, quant.reconstruct)
+        if quant.reconstruction.drop > 0:
+            name += "+QDrop"
+        parts.append(f"{name} {quant.reconstruction.steps} steps")
+    if quant.get("bias_correction"):
+        parts.append("bias corr.")
+    return " + ".join(parts) or None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Quantize and evaluate as ``cfg`` says; return the result record (also written to ``result.json``)."""
     start = time.perf_counter()
@@ -93,6 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "observer": quant.observer,
         "granularity": quant.granularity,
         "first_last_bits": quant.get("first_last_bits"),
+        "recovery": recovery(quant),
         "status": "failed",
         "reason": "",
         "top1": None,
@@ -113,13 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             check_bits(quant.w_bits, "quant.w_bits")
             check_bits(quant.a_bits, "quant.a_bits")
         check_supported(quant)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        model = instantiate(cfg.model)
-        meta = load_weights(checkpoint, model, arch_name(cfg.model))
-        model.eval()
-        datamodule: CIFAR10DataModule = instantiate(cfg.data)
-        datamodule.setup()
+        model, meta, datamodule = load(cfg, checkpoint)
         test = datamodule.splits["test"]
         result["checkpoint_test_top1"] = meta.get("test_top1")
         result["fp32_top1"] = top1(model, test, normalize, datamodule.eval_batch_size)

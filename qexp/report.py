@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CELL = ["quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "data", "checkpoint"]
+CELL = ["quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "data", "checkpoint"]
 BITS = [16, 8, 4, 2]
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch"}
 
@@ -51,6 +51,8 @@ def variant(row: pd.Series) -> str:
         label += f" · first/last {int(row['first_last_bits'])} bit"
     if row.get("granularity") == "per_tensor":
         label += " · per-tensor W"
+    if isinstance(row.get("recovery"), str):
+        label += f" · {row['recovery']}"
     return label
 
 
@@ -117,6 +119,73 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
+def collect_sensitivity(directories: list[Path]) -> pd.DataFrame:
+    """Rows of every ``sensitivity.json`` below ``directories`` (a cell measured twice: the newest wins)."""
+    rows = []
+    for directory in directories:
+        for path in sorted(directory.rglob("sensitivity.json")):
+            record = json.loads(path.read_text())
+            for row in record["rows"]:
+                rows.append({**row, "observer": record["observer"], "finished_at": record.get("finished_at", "")})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).sort_values("finished_at", kind="stable")
+    frame = frame.drop_duplicates(subset=["layer", "bits", "quantized", "observer"], keep="last")
+    order = {layer: index for index, layer in enumerate(dict.fromkeys(row["layer"] for row in rows))}
+    return frame.sort_values(["layer", "bits", "quantized"], key=lambda c: c.map(order) if c.name == "layer" else c)
+
+
+def sensitivity_columns(frame: pd.DataFrame) -> list[tuple[int, str, str]]:
+    """``(bits, quantized, header)`` per column: widest first, weights alone before weights and input."""
+    columns = frame[["bits", "quantized", "a_bits"]].drop_duplicates().sort_values(["bits", "a_bits"], ascending=False)
+    return [
+        (int(r.bits), r.quantized, f"W{r.bits}" + ("" if r.a_bits >= 16 else f"A{r.a_bits}"))
+        for r in columns.itertuples()
+    ]
+
+
+def sensitivity_table(frame: pd.DataFrame) -> str:
+    """Markdown: one row per layer, one column per setting; cells ``top-1 change / logit SQNR``."""
+    columns = sensitivity_columns(frame)
+    lines = ["| layer | " + " | ".join(header for *_, header in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for layer, group in frame.groupby("layer", sort=False):
+        cells = []
+        for bits, quantized, _ in columns:
+            match = group[(group["bits"] == bits) & (group["quantized"] == quantized)]
+            row = match.iloc[0] if len(match) else None
+            cells.append("" if row is None else f"{-row['drop']:+.2f} / {row['sqnr_db']:.1f} dB")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sensitivity(frame: pd.DataFrame, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = sensitivity_columns(frame)
+    layers = list(dict.fromkeys(frame["layer"]))
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    width = 0.8 / len(columns)
+    for index, (bits, quantized, header) in enumerate(columns):
+        part = frame[(frame["bits"] == bits) & (frame["quantized"] == quantized)].set_index("layer").reindex(layers)
+        x = [i + (index - (len(columns) - 1) / 2) * width for i in range(len(layers))]
+        axes[0].bar(x, part["drop"], width, label=header)
+        axes[1].bar(x, part["sqnr_db"], width, label=header)
+    axes[0].set(ylabel="top-1 drop (points)", yscale="symlog", title="One layer quantized, the rest float")
+    axes[1].set(ylabel="logit SQNR (dB)")
+    axes[1].set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+    axes[0].legend(fontsize=8, ncol=len(columns))
+    for ax in axes:
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = out / "layer_sensitivity.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     """Accuracy vs bits, accuracy vs bytes, and weight-only vs weight+activation quantization."""
     import matplotlib
@@ -159,7 +228,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     save(fig, "accuracy_vs_size.png")
 
     ours = quantized[(quantized["quant"] == "custom_ptq") & quantized["w_bits"].isin([4, 2])]
-    ours = ours[ours["first_last_bits"].isna() & (ours["granularity"] == "per_channel")]
+    ours = ours[ours["first_last_bits"].isna() & ours["recovery"].isna() & (ours["granularity"] == "per_channel")]
     if len(ours):
         fig, ax = plt.subplots(figsize=(7, 4))
         labels, width_only, both = [], [], []
@@ -181,9 +250,22 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
 
 def report(directories: list[Path], out: Path) -> pd.DataFrame:
     frame = collect(directories)
+    sensitivity = collect_sensitivity(directories)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(markdown(frame))
+    text = markdown(frame)
+    if len(sensitivity):
+        sensitivity.to_csv(out / "layer_sensitivity.csv", index=False)
+        observers = ", ".join(sorted(set(sensitivity["observer"])))
+        text += (
+            "\n## Per-layer sensitivity\n\nOne layer quantized (weights per channel, observer "
+            f"{observers}; input at 16 bits or at the weight width), every other layer float. "
+            "Cells: test top-1 change vs FP32 (points) / SQNR of the logits.\n\n"
+            + sensitivity_table(sensitivity)
+            + "\n"
+        )
+        plot_sensitivity(sensitivity, out)
+    (out / "results.md").write_text(text)
     plot(frame, out)
     return frame
 

@@ -92,3 +92,15 @@ def test_single_run_with_bad_bits_exits_non_zero_without_traceback(tmp_path: Pat
     assert "error: quant.w_bits=20 is not supported; expected an integer from 2 to 16." in result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+def test_recovery_options_run_through_the_entry_point_and_name_the_cell(compose_in, weights_file: Path):
+    overrides = [
+        "data=synthetic", f"checkpoint={weights_file}", "bits=4", "quant.equalize=true", "quant.bias_correction=true",
+        "quant.reconstruct=block", "quant.reconstruction.steps=3",
+    ]  # fmt: skip
+    result = run(compose_in("quantize", overrides))
+    assert result["status"] == "ok", result["reason"]
+    assert result["recovery"] == "CLE + BRECQ+QDrop 3 steps + bias corr."
+    bad = run(compose_in("quantize", [*overrides[:3], "quant.reconstruct=network"]))
+    assert bad["status"] == "failed" and "quant.reconstruct='network'" in bad["reason"]

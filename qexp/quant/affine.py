@@ -12,7 +12,7 @@ and back to ``x_hat = (q - z) * s``. Two grids are used:
   ``x = 0`` maps to ``q = z`` and back to ``(z - z) * s = 0``.
 
 Scales are floored at ``MIN_SCALE`` so a constant tensor or a dead channel never divides by
-zero. Per-channel parameters are vectors along ``axis`` and are broadcast by ``_along``.
+zero. Per-channel parameters are vectors along ``axis`` and are broadcast by ``along``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def choose_qparams(min_val: Tensor, max_val: Tensor, bits: int, symmetric: bool)
     return scale.clamp(min=MIN_SCALE), zero_point
 
 
-def _along(param: Tensor, x: Tensor, axis: int | None) -> Tensor:
+def along(param: Tensor, x: Tensor, axis: int | None) -> Tensor:
     """Reshape a per-channel vector to broadcast against ``x`` along ``axis``."""
     if axis is None or param.ndim == 0:
         return param
@@ -67,13 +67,13 @@ def _along(param: Tensor, x: Tensor, axis: int | None) -> Tensor:
 
 def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None) -> Tensor:
     """Integers (as a float tensor) ``clamp(round(x / s) + z, qmin, qmax)``."""
-    scale, zero_point = _along(scale, x, axis), _along(zero_point, x, axis)
+    scale, zero_point = along(scale, x, axis), along(zero_point, x, axis)
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
 
 
 def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None = None) -> Tensor:
     """Reals ``(q - z) * s``."""
-    return (q - _along(zero_point, q, axis)) * _along(scale, q, axis)
+    return (q - along(zero_point, q, axis)) * along(scale, q, axis)
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -85,7 +85,7 @@ def fake_quantize(
     x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
     """Quantize then dequantize, differentiable through a straight-through rounding."""
-    scale, zero_point = _along(scale, x, axis), _along(zero_point, x, axis)
+    scale, zero_point = along(scale, x, axis), along(zero_point, x, axis)
     q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
 

@@ -8,11 +8,16 @@
    batches (training images only).
 4. ``freeze``: weight observers see their (folded) weight once; every quantizer computes its
    scale and zero point; the model switches to fake-quantized inference.
+
+Options that recover low-bit accuracy slot in around these steps: cross-layer equalization
+(``equalize.py``) between 1 and 2, learned rounding (``reconstruct.py``) and bias correction
+(``bias_correction.py``) after 4. All of them see calibration images only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,9 +26,12 @@ from torch import Tensor, nn
 
 from qexp.models.resnet import Add
 from qexp.quant.affine import check_bits
+from qexp.quant.bias_correction import correct_bias
+from qexp.quant.equalize import equalize_blocks
 from qexp.quant.fold import fold_batchnorm
 from qexp.quant.modules import FakeQuantize, Mode, QuantAdd, QuantLayer, quantizers, set_mode
 from qexp.quant.observers import OBSERVERS, PercentileObserver
+from qexp.quant.reconstruct import ReconstructionConfig, reconstruct
 
 GRANULARITIES = ("per_channel", "per_tensor")
 EMPTY_CALIBRATION = "the calibration set is empty; expected at least one calibration image (data.calib_size)."
@@ -39,6 +47,9 @@ class PTQConfig:
     granularity: str = "per_channel"
     first_last_bits: int | None = None
     percentile: float = 99.99
+    equalize: bool = False
+    bias_correction: bool = False
+    reconstruction: ReconstructionConfig | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "quant.w_bits")
@@ -58,14 +69,23 @@ class PTQConfig:
         return FakeQuantize(observer_class(bits, symmetric=weight, axis=axis))
 
 
-def _layers(model: nn.Module) -> list[str]:
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the conv and linear layers, in module order."""
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
-def insert_quantizers(model: nn.Module, config: PTQConfig) -> nn.Module:
-    """Swap layers and adds for their quantized wrappers, in place; returns ``model``."""
-    layers = _layers(model)
+def insert_quantizers(model: nn.Module, config: PTQConfig, only: Collection[str] | None = None) -> nn.Module:
+    """Swap layers and adds for their quantized wrappers, in place; returns ``model``.
+
+    ``only`` names the layers to quantize (adds then stay float): a per-layer sensitivity study.
+    """
+    layers = layer_names(model)
     edge_layers = {layers[0], layers[-1]} if config.first_last_bits is not None else set()
+    if only is not None:
+        unknown = set(only) - set(layers)
+        if unknown:
+            raise ValueError(f"layers {sorted(unknown)} are not layers of the model; expected any of {layers}.")
+        layers = [name for name in layers if name in only]
     for name, module in list(model.named_modules()):
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -74,7 +94,7 @@ def insert_quantizers(model: nn.Module, config: PTQConfig) -> nn.Module:
             a_bits = config.first_last_bits if name in edge_layers else config.a_bits
             wrapped = QuantLayer(module, config.make_quantizer(w_bits, True), config.make_quantizer(a_bits, False))
             setattr(parent, attr, wrapped)
-        elif isinstance(module, Add):
+        elif isinstance(module, Add) and only is None:
             quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits, False) for _ in range(2))
             setattr(parent, attr, QuantAdd(quantizer_a, quantizer_b))
     return model
@@ -105,9 +125,19 @@ def freeze(model: nn.Module) -> None:
     set_mode(model, weights=Mode.QUANTIZE, activations=Mode.QUANTIZE)
 
 
-def quantize_model(model: nn.Module, config: PTQConfig, calibration_batches: Iterable[Tensor]) -> tuple[nn.Module, int]:
+def quantize_model(
+    model: nn.Module, config: PTQConfig, calibration_batches: Iterable[Tensor], only: Collection[str] | None = None
+) -> tuple[nn.Module, int]:
     """A fake-quantized copy of ``model`` and the number of calibration images it saw."""
-    quantized = insert_quantizers(fold_batchnorm(model), config)
-    images = calibrate(quantized, calibration_batches)
+    reference = fold_batchnorm(model)
+    if config.equalize:
+        equalize_blocks(reference)
+    quantized = insert_quantizers(copy.deepcopy(reference), config, only)
+    batches = list(calibration_batches)
+    images = calibrate(quantized, batches)
     freeze(quantized)
+    if config.reconstruction is not None:
+        reconstruct(quantized, reference, batches, config.reconstruction)
+    if config.bias_correction:
+        correct_bias(quantized, reference, batches)
     return quantized, images

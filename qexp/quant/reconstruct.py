@@ -1,0 +1,244 @@
+"""Learned rounding: AdaRound per layer, or per residual block in the style of BRECQ and QDrop.
+
+Round-to-nearest picks each weight's integer on its own, but what the network needs is a good
+*output*. AdaRound (Nagel et al. 2020) keeps the grid of round-to-nearest and learns, for every
+weight, whether to round down or up: ``q = clamp(floor(w / s) + h(v), qmin, qmax)`` with
+``h(v) = clamp(sigmoid(v) (zeta - gamma) + gamma, 0, 1)`` started at the fractional part of
+``w / s``. It minimises the squared error of a unit's output on the calibration images plus a
+regulariser ``lambda sum(1 - |2 h - 1|^beta)`` whose ``beta`` is annealed from 20 to 2 so that
+every ``h`` ends at exactly 0 or 1; the rounding is then made hard.
+
+The unit decides what error is minimised:
+
+* ``layer`` (AdaRound): each conv/linear layer's output;
+* ``block`` (BRECQ, Li et al. 2021): each residual block's output, so the rounding of ``conv1``
+  may compensate errors of ``conv2`` and of the shortcut's quantizer; layers outside any block
+  (the stem and the classifier) are units of their own.
+
+A unit's input comes from the quantized model with every earlier unit already reconstructed,
+so later units learn to absorb earlier errors; its target is the float model's output. Two
+options of QDrop (Wei et al. 2022) help at low activation widths: the activation quantizers
+inside the unit learn their step size (the LSQ gradient, zero point fixed) and, during
+training, each activation value skips quantization with probability ``drop``, which flattens
+the loss surface the rounding is fitted to. Only calibration images (training data) are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from qexp.quant.affine import MIN_SCALE, along, fake_quantize
+from qexp.quant.capture import keep_input, keep_output, record
+from qexp.quant.modules import FakeQuantize, QuantAdd, QuantLayer
+
+log = logging.getLogger(__name__)
+
+ZETA, GAMMA = 1.1, -0.1
+GRANULARITIES = ("layer", "block")
+
+
+def rectified_sigmoid(logits: Tensor) -> Tensor:
+    """AdaRound's ``h(v)``: a sigmoid stretched to ``(gamma, zeta)`` and clipped to ``[0, 1]``."""
+    return torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+def initial_logits(remainder: Tensor) -> Tensor:
+    """The ``v`` with ``h(v) = remainder`` (``0 <= remainder < 1``): training starts at the real weight."""
+    return -torch.log((ZETA - GAMMA) / (remainder - GAMMA) - 1)
+
+
+def rounding_regularizer(h: Tensor, beta: float) -> Tensor:
+    """``sum(1 - |2 h - 1|^beta)``: zero when every ``h`` is 0 or 1, largest at 1/2."""
+    return (1 - (2 * h - 1).abs().pow(beta)).sum()
+
+
+def annealed_beta(step: int, steps: int, warmup: float, start: float = 20.0, end: float = 2.0) -> float | None:
+    """``beta`` at ``step``: None during the warm-up (no regularisation yet), then linear from ``start`` to ``end``."""
+    begin = warmup * steps
+    if step < begin:
+        return None
+    return start + (end - start) * (step - begin) / max(steps - begin, 1)
+
+
+class AdaRoundWeight(nn.Module):
+    """Stands in for a frozen weight quantizer while the rounding of that weight is learned."""
+
+    def __init__(self, quantizer: FakeQuantize, weight: Tensor) -> None:
+        super().__init__()
+        axis = quantizer.observer.axis
+        self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
+        self.register_buffer("scale", along(quantizer.scale, weight, axis).detach())
+        self.register_buffer("zero_point", along(quantizer.zero_point, weight, axis).detach())
+        scaled = weight.detach() / self.scale
+        self.register_buffer("floor", scaled.floor())
+        self.logits = nn.Parameter(initial_logits(scaled - self.floor))
+        self.hard = False
+
+    def rounding(self) -> Tensor:
+        return (self.logits >= 0).float() if self.hard else rectified_sigmoid(self.logits)
+
+    def forward(self, weight: Tensor) -> Tensor:  # the weight itself is fixed: only the rounding changes
+        q = torch.clamp(self.floor + self.rounding() + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * self.scale
+
+
+class LearnedStepActivation(nn.Module):
+    """Stands in for a frozen activation quantizer: learnable step size, and QDrop while training."""
+
+    def __init__(self, quantizer: FakeQuantize, drop: float) -> None:
+        super().__init__()
+        self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
+        self.scale = nn.Parameter(quantizer.scale.detach().clone())
+        self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
+        self.drop = drop
+
+    def forward(self, x: Tensor) -> Tensor:
+        quantized = fake_quantize(x, self.scale.clamp(min=MIN_SCALE), self.zero_point, self.qmin, self.qmax)
+        if self.training and self.drop > 0:
+            return torch.where(torch.rand_like(x) < self.drop, x, quantized)
+        return quantized
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """How rounding is learned. The defaults are BRECQ's and QDrop's, with fewer steps to fit a CPU."""
+
+    granularity: str = "block"
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3  # Adam, rounding logits
+    scale_lr: float = 4e-5  # Adam, activation step sizes; 0 keeps them fixed
+    drop: float = 0.5  # QDrop probability; 0 for plain BRECQ/AdaRound
+    regularization: float = 0.01  # lambda of the rounding regulariser
+    warmup: float = 0.2  # fraction of steps without the regulariser
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"quant.reconstruct={self.granularity!r} is not known; expected one of {GRANULARITIES}.")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"quant.reconstruction needs steps, batch_size >= 1; got {self.steps}, {self.batch_size}.")
+        if not 0 <= self.drop < 1:
+            raise ValueError(f"quant.drop={self.drop!r} is out of range; expected a probability in [0, 1).")
+
+
+def units(model: nn.Module, granularity: str) -> list[str]:
+    """Names of what is reconstructed, in forward order: layers, or residual blocks and the layers outside them.
+
+    A residual block is a module with a ``QuantAdd`` child.
+    """
+    layers = [name for name, m in model.named_modules() if isinstance(m, QuantLayer)]
+    if granularity == "layer":
+        return layers
+    blocks = [name for name, m in model.named_modules() if any(isinstance(child, QuantAdd) for child in m.children())]
+    inside = {layer for layer in layers for block in blocks if layer.startswith(block + ".")}
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    return sorted(blocks + [layer for layer in layers if layer not in inside], key=order.__getitem__)
+
+
+def _swap(unit: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
+    parent_name, _, attr = name.rpartition(".")
+    parent = unit.get_submodule(parent_name)
+    original = getattr(parent, attr)
+    setattr(parent, attr, replacement)
+    return original
+
+
+def _activation_quantizers(unit: nn.Module) -> list[str]:
+    weight_ids = {id(m.weight_quantizer) for m in unit.modules() if isinstance(m, QuantLayer)}
+    return [name for name, m in unit.named_modules() if isinstance(m, FakeQuantize) and id(m) not in weight_ids]
+
+
+def _fit(
+    unit: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    config: ReconstructionConfig,
+    rounding: list[AdaRoundWeight],
+    scales: list[nn.Parameter],
+    bar: tqdm,
+) -> float:
+    """Adam on the rounding logits (and step sizes): output error plus the annealed rounding regulariser."""
+    groups = [{"params": [r.logits for r in rounding], "lr": config.lr}]
+    if scales and config.scale_lr > 0:
+        groups.append({"params": scales, "lr": config.scale_lr})
+    optimizer = torch.optim.Adam(groups)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss = torch.tensor(math.nan)
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # seeds QDrop's masks, not the caller's RNG
+        torch.manual_seed(config.seed)
+        for step in range(config.steps):
+            index = torch.randint(len(inputs), (config.batch_size,), generator=generator)
+            loss = (unit(inputs[index]) - targets[index]).pow(2).flatten(1).sum(1).mean()
+            total = loss
+            beta = annealed_beta(step, config.steps, config.warmup)
+            if beta is not None:
+                total = total + config.regularization * sum(rounding_regularizer(r.rounding(), beta) for r in rounding)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            bar.update()
+    return float(loss.detach())
+
+
+def reconstruct_unit(
+    unit: nn.Module, inputs: Tensor, targets: Tensor, config: ReconstructionConfig, bar: tqdm
+) -> float:
+    """Learn the rounding (and activation step sizes) of one frozen unit in place; return the final loss.
+
+    The unit's quantizers are swapped for trainable stand-ins, and swapped back afterwards with
+    the result written into them: the hard rounding into the layer weights, the learned step
+    sizes into the activation quantizers' scales.
+    """
+    layers = {name: m for name, m in unit.named_modules() if isinstance(m, QuantLayer)}
+    originals = {name: layer.weight_quantizer for name, layer in layers.items()}
+    rounding = {name: AdaRoundWeight(layer.weight_quantizer, layer.layer.weight) for name, layer in layers.items()}
+    for name, adaround in rounding.items():
+        layers[name].weight_quantizer = adaround
+    learned = {}  # name -> (stand-in, original quantizer)
+    if config.scale_lr > 0 or config.drop > 0:
+        for name in _activation_quantizers(unit):
+            stand_in = LearnedStepActivation(unit.get_submodule(name), config.drop)
+            learned[name] = (stand_in, _swap(unit, name, stand_in))
+    unit.train()
+    loss = _fit(unit, inputs, targets, config, list(rounding.values()), [s.scale for s, _ in learned.values()], bar)
+    unit.eval()
+    with torch.no_grad():
+        for name, adaround in rounding.items():
+            adaround.hard = True
+            layers[name].layer.weight.copy_(adaround(layers[name].layer.weight))
+            layers[name].weight_quantizer = originals[name]
+        for name, (stand_in, original) in learned.items():
+            original.scale = stand_in.scale.detach().clamp(min=MIN_SCALE).clone()
+            _swap(unit, name, original)
+    return loss
+
+
+def reconstruct(
+    quantized: nn.Module, reference: nn.Module, batches: Sequence[Tensor], config: ReconstructionConfig
+) -> dict[str, float]:
+    """Learn the rounding of every frozen ``QuantLayer`` of ``quantized``, unit by unit; return each unit's final loss.
+
+    ``reference`` is the float model ``quantized`` was made from (BatchNorm folded, same module
+    names); it provides the targets and is only read. Afterwards every layer's weight holds its
+    dequantized integers, so the frozen quantizers, the export and the integer kernels see the
+    learned rounding.
+    """
+    names = units(quantized, config.granularity)
+    targets = record(reference, names, batches, keep_output)
+    quantized.requires_grad_(False)
+    losses = {}
+    progress = tqdm(total=len(names) * config.steps, desc=f"reconstruct ({config.granularity})", disable=None)
+    with progress as bar:
+        for name in names:
+            inputs = record(quantized, [name], batches, keep_input, stop=True)[name]
+            losses[name] = reconstruct_unit(quantized.get_submodule(name), inputs, targets[name], config, bar)
+            log.info("reconstructed %s: output error %.4g", name, losses[name])
+    return losses
