@@ -32,6 +32,7 @@ from qexp.provenance import git_commit, hardware, versions
 from qexp.quant.affine import check_bits
 from qexp.quant.custom_ptq import PTQConfig, quantize_model
 from qexp.quant.export import integer_export, serialized_bytes
+from qexp.quant.modules import QuantLayer
 from qexp.quant.reconstruct import ReconstructionConfig
 from qexp.quant.torch_ptq import FP16_REASON, Unsupported, int8_qconfig_mapping, quantize_int8, to_float16
 from qexp.weights import SHIPPED, arch_name, load_weights
@@ -74,6 +75,8 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
         equalize=quant.equalize,
         bias_correction=quant.bias_correction,
         reconstruction=reconstruction,
+        average_bits=quant.average_bits,
+        mixed_widths=tuple(quant.mixed_widths),
     )
 
 
@@ -132,6 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "granularity": quant.granularity,
         "first_last_bits": quant.get("first_last_bits"),
         "recovery": recovery(quant),
+        "average_bits": quant.get("average_bits"),
         "status": "failed",
         "reason": "",
         "top1": None,
@@ -162,6 +166,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
         result["top1"] = top1(quantized, test, normalize, datamodule.eval_batch_size)
         result.update(status="ok", reason=note, size_bytes=size, calib_images=images)
+        result["layer_bits"] = {
+            name: [m.weight_quantizer.bits, m.input_quantizer.bits]
+            for name, m in quantized.named_modules()
+            if isinstance(m, QuantLayer)
+        }
     except Unsupported as error:
         result.update(status="unsupported", reason=str(error))
     except ValueError as error:  # bad user input, including QexpError

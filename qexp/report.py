@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-CELL = ["quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "data", "checkpoint"]
+CELL = [
+    "quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits", "data",
+    "checkpoint",
+]  # fmt: skip
 BITS = [16, 8, 4, 2]
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch"}
 
@@ -69,7 +72,7 @@ def comparison_table(frame: pd.DataFrame, value: str = "top1") -> str:
     """Markdown: rows method x observer (x variant), columns weight bits."""
     fp32_rows = frame[(frame["quant"] == "none") & (frame["status"] == "ok")]
     fp32 = float(fp32_rows["top1"].iloc[0]) if len(fp32_rows) else None
-    quantized = frame[frame["quant"] != "none"].copy()
+    quantized = frame[(frame["quant"] != "none") & frame["average_bits"].isna()].copy()
     quantized["variant"] = quantized.apply(variant, axis=1)
     header = "| method · observer | " + " | ".join(f"W{b}" for b in BITS) + " |"
     lines = [header, "|" + "---|" * (len(BITS) + 1)]
@@ -88,6 +91,23 @@ def comparison_table(frame: pd.DataFrame, value: str = "top1") -> str:
     return "\n".join(lines)
 
 
+def mixed_table(frame: pd.DataFrame) -> str:
+    """Markdown: one row per mixed-precision cell, with how many layers got each weight width."""
+    lines = [
+        "| observer · recovery | budget (bits/weight) | activations | weight widths (layers) | top-1 | size (KiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, row in frame.iterrows():
+        layer_bits = row.get("layer_bits") if isinstance(row.get("layer_bits"), dict) else {}
+        widths = pd.Series([bits[0] for bits in layer_bits.values()]).value_counts()
+        spread = ", ".join(f"{count}× {bits}" for bits, count in sorted(widths.items(), reverse=True))
+        label = row["observer"] + (f" · {row['recovery']}" if isinstance(row.get("recovery"), str) else "")
+        top1 = f"{row['top1']:.2f}" if row["status"] == "ok" else row["status"]
+        size = f"{row['size_bytes'] / 1024:.0f}" if row["status"] == "ok" else ""
+        lines.append(f"| {label} | {row['average_bits']:g} | A{row['a_bits']} | {spread} | {top1} | {size} |")
+    return "\n".join(lines)
+
+
 def markdown(frame: pd.DataFrame) -> str:
     ok = frame[frame["status"] == "ok"]
     fp32 = ok[ok["quant"] == "none"]
@@ -100,7 +120,7 @@ def markdown(frame: pd.DataFrame) -> str:
         "",
         "## Test top-1 (%) and change vs FP32",
         "",
-        "Columns: weight bits; activations at the same width unless the row says `A8`.",
+        "Columns: weight bits; activations at the same width unless the row says `A<bits>`.",
         "",
         comparison_table(frame),
         "",
@@ -108,6 +128,16 @@ def markdown(frame: pd.DataFrame) -> str:
         "",
         comparison_table(frame, value="size"),
         "",
+    ]
+    mixed = frame[frame["average_bits"].notna()]
+    if len(mixed):
+        parts += [
+            "## Mixed precision (weight widths chosen per layer on calibration images)",
+            "",
+            mixed_table(mixed),
+            "",
+        ]
+    parts += [
         "## Cells that did not run",
         "",
     ]

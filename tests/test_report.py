@@ -52,3 +52,16 @@ def test_report_command_rejects_missing_directories(tmp_path: Path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "no result.json" in capsys.readouterr().err
+
+
+def test_recovery_rows_and_mixed_precision_cells_are_shown_apart(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", w_bits=4, a_bits=4, top1=70.0)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=89.0, recovery="BRECQ+QDrop 2000 steps")
+    fake_cell(sweep, "2", "2026-01-01T00:00:02", w_bits=2, a_bits=8, top1=88.0, average_bits=3.0,
+              layer_bits={"conv1": [8, 8], "a": [4, 8], "b": [2, 8], "c": [2, 8]})  # fmt: skip
+    report([sweep], tmp_path / "report")
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "| ours · minmax |  |  | 70.00 |  |" in text
+    assert "| ours · minmax · BRECQ+QDrop 2000 steps |  |  | 89.00 |  |" in text
+    assert "| minmax | 3 | A8 | 1× 8, 1× 4, 2× 2 | 88.00 | 78 |" in text

@@ -17,8 +17,8 @@ Options that recover low-bit accuracy slot in around these steps: cross-layer eq
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -29,6 +29,7 @@ from qexp.quant.affine import check_bits
 from qexp.quant.bias_correction import correct_bias
 from qexp.quant.equalize import equalize_blocks
 from qexp.quant.fold import fold_batchnorm
+from qexp.quant.mixed import assign_bits
 from qexp.quant.modules import FakeQuantize, Mode, QuantAdd, QuantLayer, quantizers, set_mode
 from qexp.quant.observers import OBSERVERS, PercentileObserver
 from qexp.quant.reconstruct import ReconstructionConfig, reconstruct
@@ -50,12 +51,24 @@ class PTQConfig:
     equalize: bool = False
     bias_correction: bool = False
     reconstruction: ReconstructionConfig | None = None
+    average_bits: float | None = None  # mixed precision: weight widths chosen per layer to fit this average
+    mixed_widths: tuple[int, ...] = (8, 4, 2)
+    layer_bits: Mapping[str, int] = field(default_factory=dict)  # weight width per layer, overriding w_bits
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "quant.w_bits")
         check_bits(self.a_bits, "quant.a_bits")
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "quant.first_last_bits")
+        for bits in self.mixed_widths:
+            check_bits(bits, "quant.mixed_widths")
+        for name, bits in self.layer_bits.items():
+            check_bits(bits, f"quant.layer_bits.{name}")
+        if self.average_bits is not None and not min(self.mixed_widths) <= self.average_bits:
+            raise ValueError(
+                f"quant.average_bits={self.average_bits} is below the narrowest of quant.mixed_widths="
+                f"{list(self.mixed_widths)}; expected at least {min(self.mixed_widths)}."
+            )
         if self.observer not in OBSERVERS:
             raise ValueError(f"observer={self.observer!r} is not known; expected one of {sorted(OBSERVERS)}.")
         if self.granularity not in GRANULARITIES:
@@ -90,7 +103,7 @@ def insert_quantizers(model: nn.Module, config: PTQConfig, only: Collection[str]
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         if name in layers:
-            w_bits = config.first_last_bits if name in edge_layers else config.w_bits
+            w_bits = config.first_last_bits if name in edge_layers else config.layer_bits.get(name, config.w_bits)
             a_bits = config.first_last_bits if name in edge_layers else config.a_bits
             wrapped = QuantLayer(module, config.make_quantizer(w_bits, True), config.make_quantizer(a_bits, False))
             setattr(parent, attr, wrapped)
@@ -125,15 +138,27 @@ def freeze(model: nn.Module) -> None:
     set_mode(model, weights=Mode.QUANTIZE, activations=Mode.QUANTIZE)
 
 
+def choose_layer_bits(model: nn.Module, config: PTQConfig, batches: list[Tensor]) -> dict[str, int]:
+    """Per-layer weight widths within ``config.average_bits`` (``mixed.py``), measured with this config's observer."""
+    alone = replace(config, a_bits=16, first_last_bits=None, average_bits=None, layer_bits={})
+
+    def quantize_alone(name: str, bits: int) -> nn.Module:
+        return quantize_model(model, replace(alone, w_bits=bits), batches, only=[name])[0]
+
+    return assign_bits(model, batches, config.mixed_widths, config.average_bits, quantize_alone)
+
+
 def quantize_model(
     model: nn.Module, config: PTQConfig, calibration_batches: Iterable[Tensor], only: Collection[str] | None = None
 ) -> tuple[nn.Module, int]:
     """A fake-quantized copy of ``model`` and the number of calibration images it saw."""
+    batches = list(calibration_batches)
+    if config.average_bits is not None:
+        config = replace(config, layer_bits=choose_layer_bits(model, config, batches))
     reference = fold_batchnorm(model)
     if config.equalize:
         equalize_blocks(reference)
     quantized = insert_quantizers(copy.deepcopy(reference), config, only)
-    batches = list(calibration_batches)
     images = calibrate(quantized, batches)
     freeze(quantized)
     if config.reconstruction is not None:
