@@ -58,9 +58,9 @@ grid:
 Q := $(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq observer=mse
 recovery: venv data
 	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS)
-	$(Q) bits=4,2 quant.a_bits=4 quant.equalize=false,true quant.bias_correction=false,true \
-		hydra.sweep.dir=$(RECOVERY)/cle_bias $(ARGS)
-	$(Q) bits=8 quant.a_bits=8,4 quant.average_bits=3,4 hydra.sweep.dir=$(RECOVERY)/mixed $(ARGS)
+	$(Q) bits=4 quant.equalize=false,true quant.bias_correction=false,true hydra.sweep.dir=$(RECOVERY)/cle_bias $(ARGS)
+	$(Q) bits=2 quant.a_bits=4 hydra.sweep.dir=$(RECOVERY)/w2a4 $(ARGS)
+	$(Q) bits=8 quant.average_bits=3,4 hydra.sweep.dir=$(RECOVERY)/mixed $(ARGS)
 	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq $(ARGS)
 	$(Q) bits=2 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq_a2 $(ARGS)
 	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=layer quant.reconstruction.drop=0 \

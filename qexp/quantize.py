@@ -64,7 +64,7 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
     """Our PTQ's settings from ``conf/quant/custom_ptq.yaml``."""
     reconstruction = None
     if quant.reconstruct:
-        reconstruction = ReconstructionConfig(granularity=quant.reconstruct, **quant.reconstruction)
+        reconstruction = ReconstructionConfig(unit=quant.reconstruct, **quant.reconstruction)
     return PTQConfig(
         w_bits=quant.w_bits,
         a_bits=quant.a_bits,
@@ -107,12 +107,14 @@ def load(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str, Any], 
 
 
 def recovery(quant: DictConfig) -> str | None:
-    """What a custom-PTQ cell adds to round-to-nearest, e.g. ``"CLE + BRECQ+QDrop 2000 steps"``; None for nothing."""
+    """What a custom-PTQ cell adds to round-to-nearest, e.g. ``"CLE + BRECQ+LSQ+QDrop 2000 steps"``; None: nothing."""
     parts = []
     if quant.get("equalize"):
         parts.append("CLE")
     if quant.get("reconstruct"):
         name = {"layer": "AdaRound", "block": "BRECQ"}.get(quant.reconstruct, quant.reconstruct)
+        if quant.reconstruction.scale_lr > 0:
+            name += "+LSQ"
         if quant.reconstruction.drop > 0:
             name += "+QDrop"
         parts.append(f"{name} {quant.reconstruction.steps} steps")

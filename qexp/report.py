@@ -20,6 +20,7 @@ CELL = [
     "checkpoint",
 ]  # fmt: skip
 BITS = [16, 8, 4, 2]
+SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch"}
 
 
@@ -56,6 +57,8 @@ def variant(row: pd.Series) -> str:
         label += " · per-tensor W"
     if isinstance(row.get("recovery"), str):
         label += f" · {row['recovery']}"
+    if not pd.isna(row.get("average_bits")):
+        label += f" · mixed {row['average_bits']:g} bits/weight"
     return label
 
 
@@ -155,33 +158,44 @@ def collect_sensitivity(directories: list[Path]) -> pd.DataFrame:
     for directory in directories:
         for path in sorted(directory.rglob("sensitivity.json")):
             record = json.loads(path.read_text())
-            for row in record["rows"]:
-                rows.append({**row, "observer": record["observer"], "finished_at": record.get("finished_at", "")})
+            setting = {key: record.get(key) or "" for key in SENSITIVITY_SETTING}
+            rows += [{**row, **setting, "finished_at": record.get("finished_at", "")} for row in record["rows"]]
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows).sort_values("finished_at", kind="stable")
-    frame = frame.drop_duplicates(subset=["layer", "bits", "quantized", "observer"], keep="last")
+    frame = frame.drop_duplicates(subset=["layer", "bits", "quantized", *SENSITIVITY_SETTING], keep="last")
     order = {layer: index for index, layer in enumerate(dict.fromkeys(row["layer"] for row in rows))}
     return frame.sort_values(["layer", "bits", "quantized"], key=lambda c: c.map(order) if c.name == "layer" else c)
 
 
-def sensitivity_columns(frame: pd.DataFrame) -> list[tuple[int, str, str]]:
-    """``(bits, quantized, header)`` per column: widest first, weights alone before weights and input."""
-    columns = frame[["bits", "quantized", "a_bits"]].drop_duplicates().sort_values(["bits", "a_bits"], ascending=False)
-    return [
-        (int(r.bits), r.quantized, f"W{r.bits}" + ("" if r.a_bits >= 16 else f"A{r.a_bits}"))
-        for r in columns.itertuples()
-    ]
+def sensitivity_columns(frame: pd.DataFrame) -> list[tuple[pd.Series, str]]:
+    """``(selector of frame rows, header)`` per column: widest first, weights alone before weights and input.
+
+    Runs that differ in observer, granularity, recovery, checkpoint or data get columns of their
+    own; the header names what differs.
+    """
+    keys = ["bits", "a_bits", "quantized", *SENSITIVITY_SETTING]
+    columns = frame[keys].drop_duplicates().sort_values(["bits", "a_bits"], ascending=False)
+    varying = [key for key in SENSITIVITY_SETTING if frame[key].nunique() > 1]
+    result = []
+    for column in columns.itertuples(index=False):
+        selector = pd.Series(True, index=frame.index)
+        for key in keys:
+            selector &= frame[key] == getattr(column, key)
+        header = f"W{column.bits}" + ("" if column.a_bits >= 16 else f"A{column.a_bits}")
+        header += "".join(f" {getattr(column, key)}" for key in varying)
+        result.append((selector, header))
+    return result
 
 
 def sensitivity_table(frame: pd.DataFrame) -> str:
     """Markdown: one row per layer, one column per setting; cells ``top-1 change / logit SQNR``."""
     columns = sensitivity_columns(frame)
-    lines = ["| layer | " + " | ".join(header for *_, header in columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for layer, group in frame.groupby("layer", sort=False):
+    lines = ["| layer | " + " | ".join(header for _, header in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for layer in dict.fromkeys(frame["layer"]):
         cells = []
-        for bits, quantized, _ in columns:
-            match = group[(group["bits"] == bits) & (group["quantized"] == quantized)]
+        for selector, _ in columns:
+            match = frame[selector & (frame["layer"] == layer)]
             row = match.iloc[0] if len(match) else None
             cells.append("" if row is None else f"{-row['drop']:+.2f} / {row['sqnr_db']:.1f} dB")
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
@@ -189,6 +203,7 @@ def sensitivity_table(frame: pd.DataFrame) -> str:
 
 
 def plot_sensitivity(frame: pd.DataFrame, out: Path) -> Path:
+    """Top-1 drop and logit SQNR per layer, one bar per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,8 +213,8 @@ def plot_sensitivity(frame: pd.DataFrame, out: Path) -> Path:
     layers = list(dict.fromkeys(frame["layer"]))
     fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     width = 0.8 / len(columns)
-    for index, (bits, quantized, header) in enumerate(columns):
-        part = frame[(frame["bits"] == bits) & (frame["quantized"] == quantized)].set_index("layer").reindex(layers)
+    for index, (selector, header) in enumerate(columns):
+        part = frame[selector].set_index("layer").reindex(layers)
         x = [i + (index - (len(columns) - 1) / 2) * width for i in range(len(layers))]
         axes[0].bar(x, part["drop"], width, label=header)
         axes[1].bar(x, part["sqnr_db"], width, label=header)
@@ -236,7 +251,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
         plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, group in quantized.groupby("variant"):
+    for label, group in quantized[quantized["average_bits"].isna()].groupby("variant"):
         group = group.sort_values("w_bits")
         ax.plot(group["w_bits"], group["top1"], marker="o", label=label)
     if len(fp32):
@@ -286,10 +301,10 @@ def report(directories: list[Path], out: Path) -> pd.DataFrame:
     text = markdown(frame)
     if len(sensitivity):
         sensitivity.to_csv(out / "layer_sensitivity.csv", index=False)
-        observers = ", ".join(sorted(set(sensitivity["observer"])))
+        setting = ", ".join(sorted(set(sensitivity["observer"] + ", " + sensitivity["granularity"])))
         text += (
-            "\n## Per-layer sensitivity\n\nOne layer quantized (weights per channel, observer "
-            f"{observers}; input at 16 bits or at the weight width), every other layer float. "
+            "\n## Per-layer sensitivity\n\nOne layer quantized (weights: "
+            f"{setting}; its input at 16 bits or at the weight width), every other layer float. "
             "Cells: test top-1 change vs FP32 (points) / SQNR of the logits.\n\n"
             + sensitivity_table(sensitivity)
             + "\n"

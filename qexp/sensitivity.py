@@ -5,8 +5,10 @@ conv/linear layer is quantized alone -- its weights (per channel, with the confi
 with its input activation at 16 bits (weights alone) or at the same width -- while the rest of
 the network stays float. Each cell records the test top-1 drop from FP32 and the SQNR of the
 logits, ``10 log10(sum y^2 / sum (y - y_q)^2)`` in dB. Calibration uses the calibration images
-(training data); the test split is only measured. Writes ``sensitivity.json`` into the output
-directory; ``python -m qexp.report`` turns it into a table and a plot.
+(training data); the test split is only measured. ``quant.equalize``, ``bias_correction`` and
+``reconstruct`` apply when set; ``first_last_bits`` and ``average_bits`` are ignored. Writes
+``sensitivity.json`` into the output directory; ``python -m qexp.report`` turns it into a table
+and a plot.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from qexp.evaluate import accuracy, predict
 from qexp.provenance import git_commit, hardware, versions
 from qexp.quant.affine import check_bits
 from qexp.quant.custom_ptq import PTQConfig, layer_names, quantize_model
-from qexp.quantize import load, ptq_config
+from qexp.quantize import load, ptq_config, recovery
 from qexp.weights import SHIPPED
 
 log = logging.getLogger(__name__)
 
-ACTIVATIONS = {"weights": 16, "weights+input": None}  # input bits: 16, or the weight width
+INPUT_BITS = {"weights": 16, "weights+input": None}  # the layer's input: at 16 bits, or (None) at the weight width
 
 
 def sqnr_db(reference: Tensor, approximation: Tensor) -> float:
@@ -75,8 +77,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_bits(bits, "bits")
     configs = {}
     for bits in widths:
-        for what, input_bits in ACTIVATIONS.items():
-            quant = OmegaConf.merge(cfg.quant, {"w_bits": bits, "a_bits": input_bits or bits})
+        for what, input_bits in INPUT_BITS.items():
+            layer_only = {"w_bits": bits, "a_bits": input_bits or bits, "first_last_bits": None, "average_bits": None}
+            quant = OmegaConf.merge(cfg.quant, layer_only)
             configs[bits, what] = ptq_config(quant)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED
     model, _, datamodule = load(cfg, checkpoint)
@@ -85,10 +88,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "rows": rows,
         "observer": cfg.quant.observer,
         "granularity": cfg.quant.granularity,
+        "recovery": recovery(cfg.quant),
         "checkpoint": str(checkpoint),
         "data": cfg.data.get("label") or cfg.data.source,
         "seconds": round(time.perf_counter() - start, 2),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
         "git": git_commit(),
         "versions": versions(),
         "hardware": hardware(),

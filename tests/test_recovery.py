@@ -5,12 +5,15 @@ import torch
 from torch import nn
 
 from qexp.models.resnet import BasicBlock, ResNet
+from qexp.quant.affine import fake_quantize
 from qexp.quant.capture import keep_output, record
 from qexp.quant.custom_ptq import PTQConfig, quantize_model
 from qexp.quant.equalize import equalization_scales, equalize_blocks
 from qexp.quant.fold import fold_batchnorm
 from qexp.quant.mixed import greedy_assignment, weight_bytes
+from qexp.quant.modules import QuantLayer
 from qexp.quant.reconstruct import (
+    LearnedStepActivation,
     ReconstructionConfig,
     annealed_beta,
     initial_logits,
@@ -118,7 +121,7 @@ def test_learned_rounding_keeps_weights_on_the_grid():
 def test_bad_reconstruction_settings_are_rejected():
     with pytest.raises(ValueError, match=r"quant.reconstruct='net'"):
         ReconstructionConfig("net")
-    with pytest.raises(ValueError, match=r"quant.drop=1.0"):
+    with pytest.raises(ValueError, match=r"quant.reconstruction.drop=1.0"):
         ReconstructionConfig(drop=1.0)
 
 
@@ -138,10 +141,33 @@ def test_mixed_precision_beats_the_uniform_narrow_width_within_its_budget():
     model = tiny_resnet()
     mixed = PTQConfig(2, 16, average_bits=3.0, mixed_widths=(4, 2))
     quantized, _ = quantize_model(model, mixed, batches(1))
-    widths = {name: m.weight_quantizer.bits for name, m in quantized.named_modules() if hasattr(m, "weight_quantizer")}
-    counts = {name: m.layer.weight.numel() for name, m in quantized.named_modules() if hasattr(m, "weight_quantizer")}
+    widths = {name: m.weight_quantizer.bits for name, m in quantized.named_modules() if isinstance(m, QuantLayer)}
+    counts = {name: m.layer.weight.numel() for name, m in quantized.named_modules() if isinstance(m, QuantLayer)}
     assert set(widths.values()) == {4, 2} and weight_bytes(counts, widths) <= 3.0 * sum(counts.values()) / 8
     [error_mixed], [error_uniform] = (output_errors(model, c, [""]) for c in (mixed, PTQConfig(2, 16)))
     assert error_mixed < 0.7 * error_uniform
     with pytest.raises(ValueError, match=r"quant.average_bits=1.0"):
         PTQConfig(2, 16, average_bits=1.0)
+
+
+def test_learned_step_sizes_are_written_back_and_qdrop_only_acts_while_fitting():
+    model = tiny_resnet()
+    rtn, _ = quantize_model(model, PTQConfig(4, 4), batches(1))
+    config = PTQConfig(4, 4, reconstruction=ReconstructionConfig("block", steps=30, scale_lr=1e-2))
+    learned, _ = quantize_model(model, config, batches(1))
+    before, after = (m.layer1[0].conv2.input_quantizer.scale for m in (rtn, learned))
+    assert not torch.allclose(before, after)
+    stand_in = LearnedStepActivation(rtn.layer1[0].conv2.input_quantizer, drop=0.9).eval()
+    x = torch.rand(4, 16, 8, 8)
+    expected = fake_quantize(x, before, stand_in.zero_point, stand_in.qmin, stand_in.qmax)
+    assert torch.equal(stand_in(x), expected)
+    assert not torch.equal(stand_in.train()(x), expected)
+
+
+def test_recovery_settings_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match=r"quant.reconstruction.steps=0"):
+        ReconstructionConfig(steps=0)
+    with pytest.raises(ValueError, match=r"cannot be combined"):
+        PTQConfig(4, 4, average_bits=3.0, first_last_bits=8)
+    with pytest.raises(ValueError, match=r"\['layer9.conv1'\] are not layers"):
+        quantize_model(tiny_resnet(), PTQConfig(4, 4), batches(1), only=["layer9.conv1"])

@@ -64,6 +64,11 @@ class PTQConfig:
             check_bits(bits, "quant.mixed_widths")
         for name, bits in self.layer_bits.items():
             check_bits(bits, f"quant.layer_bits.{name}")
+        if self.average_bits is not None and self.first_last_bits is not None:
+            raise ValueError(
+                f"quant.average_bits={self.average_bits} and quant.first_last_bits={self.first_last_bits} cannot be "
+                "combined: mixed precision chooses the first and last layers' widths too; set one of them to null."
+            )
         if self.average_bits is not None and not min(self.mixed_widths) <= self.average_bits:
             raise ValueError(
                 f"quant.average_bits={self.average_bits} is below the narrowest of quant.mixed_widths="
@@ -139,8 +144,12 @@ def freeze(model: nn.Module) -> None:
 
 
 def choose_layer_bits(model: nn.Module, config: PTQConfig, batches: list[Tensor]) -> dict[str, int]:
-    """Per-layer weight widths within ``config.average_bits`` (``mixed.py``), measured with this config's observer."""
-    alone = replace(config, a_bits=16, first_last_bits=None, average_bits=None, layer_bits={})
+    """Per-layer weight widths within ``config.average_bits`` (``mixed.py``).
+
+    Each probe quantizes one layer's weights with this config's observer, granularity and
+    equalization, and nothing else: no activation quantization, reconstruction or bias correction.
+    """
+    alone = replace(config, a_bits=16, average_bits=None, layer_bits={}, reconstruction=None, bias_correction=False)
 
     def quantize_alone(name: str, bits: int) -> nn.Module:
         return quantize_model(model, replace(alone, w_bits=bits), batches, only=[name])[0]

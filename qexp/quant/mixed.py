@@ -22,10 +22,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from qexp.quant.affine import storage_bits
+
 
 def weight_bytes(counts: dict[str, int], bits: dict[str, int]) -> float:
-    """Bytes of the integer weights when layer ``name`` (``counts[name]`` weights) is stored at ``bits[name]``."""
-    return sum(counts[name] * bits[name] / 8 for name in counts)
+    """Bytes of the integer weights when layer ``name`` (``counts[name]`` weights) is stored at ``bits[name]``.
+
+    Widths are counted as the export stores them (``storage_bits``: 3 bits take a byte).
+    """
+    return sum(counts[name] * storage_bits(bits[name]) / 8 for name in counts)
 
 
 def greedy_assignment(
@@ -46,7 +51,9 @@ def greedy_assignment(
             lower = [w for w in widths if w < current]
             if not lower:
                 continue
-            saved = counts[name] * (current - lower[0]) / 8
+            saved = counts[name] * (storage_bits(current) - storage_bits(lower[0])) / 8
+            if saved <= 0:
+                continue
             cost = (errors[name, lower[0]] - errors[name, current]) / saved
             if cost < best_cost:
                 best, best_cost = name, cost

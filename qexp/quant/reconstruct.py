@@ -4,29 +4,31 @@ Round-to-nearest picks each weight's integer on its own, but what the network ne
 *output*. AdaRound (Nagel et al. 2020) keeps the grid of round-to-nearest and learns, for every
 weight, whether to round down or up: ``q = clamp(floor(w / s) + h(v), qmin, qmax)`` with
 ``h(v) = clamp(sigmoid(v) (zeta - gamma) + gamma, 0, 1)`` started at the fractional part of
-``w / s``. It minimises the squared error of a unit's output on the calibration images plus a
-regulariser ``lambda sum(1 - |2 h - 1|^beta)`` whose ``beta`` is annealed from 20 to 2 so that
-every ``h`` ends at exactly 0 or 1; the rounding is then made hard.
+``w / s``. It minimises the squared error of a unit's output on the calibration images (summed
+over channels, averaged over images and positions, as BRECQ's code does) plus a regulariser
+``lambda sum(1 - |2 h - 1|^beta)`` whose ``beta`` is annealed from 20 to 2 so that every ``h``
+ends at 0 or 1; the rounding is then made hard.
 
 The unit decides what error is minimised:
 
-* ``layer`` (AdaRound): each conv/linear layer's output;
+* ``layer`` (AdaRound): each conv/linear layer's output (before its ReLU);
 * ``block`` (BRECQ, Li et al. 2021): each residual block's output, so the rounding of ``conv1``
   may compensate errors of ``conv2`` and of the shortcut's quantizer; layers outside any block
   (the stem and the classifier) are units of their own.
 
 A unit's input comes from the quantized model with every earlier unit already reconstructed,
 so later units learn to absorb earlier errors; its target is the float model's output. Two
-options of QDrop (Wei et al. 2022) help at low activation widths: the activation quantizers
-inside the unit learn their step size (the LSQ gradient, zero point fixed) and, during
-training, each activation value skips quantization with probability ``drop``, which flattens
-the loss surface the rounding is fitted to. Only calibration images (training data) are used.
+further options follow QDrop (Wei et al. 2022), which fits them jointly with the rounding:
+the activation quantizers inside the unit learn their step size (``scale_lr > 0``: the LSQ
+gradient, zero point fixed; BRECQ instead learns step sizes in a second pass) and, while
+fitting, each activation value skips quantization with probability ``drop`` and each value of
+the unit's input is taken from the float model with the same probability, which flattens the
+loss surface the rounding is fitted to. Only calibration images (training data) are used.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,12 +38,12 @@ from tqdm.auto import tqdm
 
 from qexp.quant.affine import MIN_SCALE, along, fake_quantize
 from qexp.quant.capture import keep_input, keep_output, record
-from qexp.quant.modules import FakeQuantize, QuantAdd, QuantLayer
+from qexp.quant.modules import FakeQuantize, QuantAdd, QuantLayer, quantizers
 
 log = logging.getLogger(__name__)
 
 ZETA, GAMMA = 1.1, -0.1
-GRANULARITIES = ("layer", "block")
+UNITS = ("layer", "block")
 
 
 def rectified_sigmoid(logits: Tensor) -> Tensor:
@@ -110,32 +112,43 @@ class LearnedStepActivation(nn.Module):
 class ReconstructionConfig:
     """How rounding is learned. The defaults are BRECQ's and QDrop's, with fewer steps to fit a CPU."""
 
-    granularity: str = "block"
+    unit: str = "block"  # what one reconstruction fits: "layer" or "block"
     steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3  # Adam, rounding logits
     scale_lr: float = 4e-5  # Adam, activation step sizes; 0 keeps them fixed
-    drop: float = 0.5  # QDrop probability; 0 for plain BRECQ/AdaRound
+    drop: float = 0.5  # QDrop probability; 0 for plain AdaRound/BRECQ
     regularization: float = 0.01  # lambda of the rounding regulariser
     warmup: float = 0.2  # fraction of steps without the regulariser
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"quant.reconstruct={self.granularity!r} is not known; expected one of {GRANULARITIES}.")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"quant.reconstruction needs steps, batch_size >= 1; got {self.steps}, {self.batch_size}.")
-        if not 0 <= self.drop < 1:
-            raise ValueError(f"quant.drop={self.drop!r} is out of range; expected a probability in [0, 1).")
+        if self.unit not in UNITS:
+            raise ValueError(f"quant.reconstruct={self.unit!r} is not known; expected one of {UNITS} or null.")
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "scale_lr": self.scale_lr >= 0,
+            "drop": 0 <= self.drop < 1,
+            "regularization": self.regularization >= 0,
+            "warmup": 0 <= self.warmup < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"quant.reconstruction.{name}={getattr(self, name)!r} is out of range; expected steps and "
+                    "batch_size >= 1, lr > 0, scale_lr and regularization >= 0, drop and warmup in [0, 1)."
+                )
 
 
-def units(model: nn.Module, granularity: str) -> list[str]:
+def units(model: nn.Module, unit: str) -> list[str]:
     """Names of what is reconstructed, in forward order: layers, or residual blocks and the layers outside them.
 
     A residual block is a module with a ``QuantAdd`` child.
     """
     layers = [name for name, m in model.named_modules() if isinstance(m, QuantLayer)]
-    if granularity == "layer":
+    if unit == "layer":
         return layers
     blocks = [name for name, m in model.named_modules() if any(isinstance(child, QuantAdd) for child in m.children())]
     inside = {layer for layer in layers for block in blocks if layer.startswith(block + ".")}
@@ -151,64 +164,82 @@ def _swap(unit: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
     return original
 
 
-def _activation_quantizers(unit: nn.Module) -> list[str]:
-    weight_ids = {id(m.weight_quantizer) for m in unit.modules() if isinstance(m, QuantLayer)}
-    return [name for name, m in unit.named_modules() if isinstance(m, FakeQuantize) and id(m) not in weight_ids]
-
-
 def _fit(
     unit: nn.Module,
     inputs: Tensor,
+    float_inputs: Tensor | None,
     targets: Tensor,
     config: ReconstructionConfig,
     rounding: list[AdaRoundWeight],
     scales: list[nn.Parameter],
     bar: tqdm,
-) -> float:
+) -> None:
     """Adam on the rounding logits (and step sizes): output error plus the annealed rounding regulariser."""
     groups = [{"params": [r.logits for r in rounding], "lr": config.lr}]
     if scales and config.scale_lr > 0:
         groups.append({"params": scales, "lr": config.scale_lr})
     optimizer = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(config.seed)
-    loss = torch.tensor(math.nan)
     with torch.random.fork_rng(devices=[]), torch.enable_grad():  # seeds QDrop's masks, not the caller's RNG
-        torch.manual_seed(config.seed)
+        torch.default_generator.manual_seed(config.seed)
         for step in range(config.steps):
             index = torch.randint(len(inputs), (config.batch_size,), generator=generator)
-            loss = (unit(inputs[index]) - targets[index]).pow(2).sum(1).mean()  # BRECQ: sum over channels
-            total = loss
+            x = inputs[index]
+            if float_inputs is not None:
+                x = torch.where(torch.rand_like(x) < config.drop, float_inputs[index], x)
+            loss = output_error(unit(x), targets[index])
             beta = annealed_beta(step, config.steps, config.warmup)
             if beta is not None:
-                total = total + config.regularization * sum(rounding_regularizer(r.rounding(), beta) for r in rounding)
+                loss = loss + config.regularization * sum(rounding_regularizer(r.rounding(), beta) for r in rounding)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            loss.backward()
             optimizer.step()
             bar.update()
-    return float(loss.detach())
+
+
+def output_error(output: Tensor, target: Tensor) -> Tensor:
+    """Squared error summed over channels (dim 1), averaged over images and positions."""
+    return (output - target).pow(2).sum(1).mean()
+
+
+@torch.no_grad()
+def _error(unit: nn.Module, inputs: Tensor, targets: Tensor, chunk: int = 256) -> float:
+    """``output_error`` of the unit as it now is, over all calibration images."""
+    errors = [output_error(unit(inputs[i : i + chunk]), targets[i : i + chunk]) * len(inputs[i : i + chunk])
+              for i in range(0, len(inputs), chunk)]  # fmt: skip
+    return float(sum(errors) / len(inputs))
 
 
 def reconstruct_unit(
-    unit: nn.Module, inputs: Tensor, targets: Tensor, config: ReconstructionConfig, bar: tqdm
-) -> float:
-    """Learn the rounding (and activation step sizes) of one frozen unit in place; return the final loss.
+    unit: nn.Module,
+    inputs: Tensor,
+    float_inputs: Tensor,
+    targets: Tensor,
+    config: ReconstructionConfig,
+    bar: tqdm,
+) -> tuple[float, float]:
+    """Learn the rounding (and activation step sizes) of one frozen unit in place.
 
-    The unit's quantizers are swapped for trainable stand-ins, and swapped back afterwards with
-    the result written into them: the hard rounding into the layer weights, the learned step
-    sizes into the activation quantizers' scales.
+    Returns the unit's output error over all ``inputs`` with round-to-nearest before and with
+    the learned hard rounding after. The unit's quantizers are swapped for trainable stand-ins
+    and swapped back afterwards with the result written into them: the hard rounding into the
+    layer weights, the learned step sizes into the activation quantizers' scales.
     """
+    before = _error(unit, inputs, targets)
     layers = {name: m for name, m in unit.named_modules() if isinstance(m, QuantLayer)}
     originals = {name: layer.weight_quantizer for name, layer in layers.items()}
     rounding = {name: AdaRoundWeight(layer.weight_quantizer, layer.layer.weight) for name, layer in layers.items()}
-    for name, adaround in rounding.items():
-        layers[name].weight_quantizer = adaround
     learned = {}  # name -> (stand-in, original quantizer)
     if config.scale_lr > 0 or config.drop > 0:
-        for name in _activation_quantizers(unit):
-            stand_in = LearnedStepActivation(unit.get_submodule(name), config.drop)
-            learned[name] = (stand_in, _swap(unit, name, stand_in))
+        for name, quantizer in quantizers(unit, "activation").items():
+            learned[name] = (LearnedStepActivation(quantizer, config.drop), quantizer)
+    for name, adaround in rounding.items():
+        layers[name].weight_quantizer = adaround
+    for name, (stand_in, _) in learned.items():
+        _swap(unit, name, stand_in)
     unit.train()
-    loss = _fit(unit, inputs, targets, config, list(rounding.values()), [s.scale for s, _ in learned.values()], bar)
+    scales = [stand_in.scale for stand_in, _ in learned.values()]
+    _fit(unit, inputs, float_inputs if config.drop > 0 else None, targets, config, list(rounding.values()), scales, bar)
     unit.eval()
     with torch.no_grad():
         for name, adaround in rounding.items():
@@ -218,27 +249,30 @@ def reconstruct_unit(
         for name, (stand_in, original) in learned.items():
             original.scale = stand_in.scale.detach().clamp(min=MIN_SCALE).clone()
             _swap(unit, name, original)
-    return loss
+    return before, _error(unit, inputs, targets)
 
 
 def reconstruct(
     quantized: nn.Module, reference: nn.Module, batches: Sequence[Tensor], config: ReconstructionConfig
-) -> dict[str, float]:
-    """Learn the rounding of every frozen ``QuantLayer`` of ``quantized``, unit by unit; return each unit's final loss.
+) -> dict[str, tuple[float, float]]:
+    """Learn the rounding of every frozen ``QuantLayer`` of ``quantized``, unit by unit.
 
     ``reference`` is the float model ``quantized`` was made from (BatchNorm folded, same module
     names); it provides the targets and is only read. Afterwards every layer's weight holds its
     dequantized integers, so the frozen quantizers, the export and the integer kernels see the
-    learned rounding.
+    learned rounding. Returns each unit's output error before and after.
     """
-    names = units(quantized, config.granularity)
-    targets = record(reference, names, batches, keep_output)
+    names = units(quantized, config.unit)
     quantized.requires_grad_(False)
-    losses = {}
-    progress = tqdm(total=len(names) * config.steps, desc=f"reconstruct ({config.granularity})", disable=None)
+    errors = {}
+    progress = tqdm(total=len(names) * config.steps, desc=f"reconstruct ({config.unit})", disable=None)
     with progress as bar:
         for name in names:
+            float_inputs, targets = (
+                record(reference, [name], batches, keep, stop=True)[name] for keep in (keep_input, keep_output)
+            )
             inputs = record(quantized, [name], batches, keep_input, stop=True)[name]
-            losses[name] = reconstruct_unit(quantized.get_submodule(name), inputs, targets[name], config, bar)
-            log.info("reconstructed %s: output error %.4g", name, losses[name])
-    return losses
+            unit = quantized.get_submodule(name)
+            errors[name] = reconstruct_unit(unit, inputs, float_inputs, targets, config, bar)
+            log.info("reconstructed %s: output error %.4g -> %.4g", name, *errors[name])
+    return errors
