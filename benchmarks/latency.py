@@ -1,10 +1,12 @@
-"""CPU inference latency and stored size: FP32 eager vs PyTorch FX int8 vs float16, in one run.
+"""CPU inference latency and stored size of ResNet20: fp32 eager and compiled, PyTorch FX int8, pt2e int8, float16.
 
     python benchmarks/latency.py --threads 2 [--checkpoint PATH]
 
-Fixed thread count, warm-up, median of repeats, at batch 1 and batch 256; eager against eager
-(nothing compiled). Calibrates FX int8 on random inputs unless a data root is given: latency
-does not depend on the calibration, accuracy is measured by ``qexp.quantize``.
+One run, one thread count, warm-up, median of repeats, at batch 1 and batch 256. Compiled
+models (``torch.compile`` with Inductor freezing, static shapes) compile once per batch size
+on their first call; that time is reported on its own line, as is pt2e's export + calibration
++ convert time, and kept out of the latency. Calibration uses random inputs: latency does not
+depend on it (accuracy is measured by ``qexp.quantize``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from torch import nn
 from qexp.models import resnet20
 from qexp.provenance import hardware
 from qexp.quant.export import serialized_bytes
+from qexp.quant.pt2e import Graph, quantize_pt2e, used_state
 from qexp.quant.torch_ptq import quantize_int8, to_float16
 from qexp.weights import SHIPPED, load_weights
+
+COMPILED = ("fp32 compiled", "pt2e int8 lowered")
 
 
 @torch.no_grad()
@@ -34,6 +39,12 @@ def median_seconds(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int 
         model(x)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def seconds(function) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
 
 
 def main() -> None:
@@ -51,20 +62,35 @@ def main() -> None:
     model.eval()
     calibration = [torch.randn(256, 3, 32, 32) for _ in range(2)]
     int8, _ = quantize_int8(model, calibration, "minmax", "per_channel")
-    models = {"fp32 eager": model, "FX int8 (x86)": int8, "float16": to_float16(model)}
+    (converted, _), prepare_seconds = seconds(lambda: quantize_pt2e(model, calibration, "mse"))
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  registers the int8 fusion passes
+
+    models = {
+        "fp32 eager": model,
+        "fp32 compiled": Graph(torch.compile(model, dynamic=False), freezing=True),
+        "FX int8 (x86)": int8,
+        "pt2e int8 lowered": Graph(torch.compile(converted, dynamic=False), freezing=True),
+        "float16": to_float16(model),
+    }
+    sizes = {name: serialized_bytes(m) for name, m in models.items() if name not in COMPILED}
+    sizes["pt2e int8 lowered"] = serialized_bytes(used_state(converted))
     print(f"{hardware()}; torch {torch.__version__}; {args.threads} threads")
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"quantized engine {torch.backends.quantized.engine}; CPU capability {capability}")
+    print(f"pt2e export + calibrate + convert: {prepare_seconds:.1f} s")
     base = {}
     for batch in (1, 256):
         x = torch.randn(batch, 3, 32, 32)
         repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
+        for name in COMPILED:
+            _, compile_seconds = seconds(lambda name=name: models[name](x))
+            print(f"compile {name} at batch {batch}: {compile_seconds:.1f} s")
         for name, m in models.items():
-            seconds = median_seconds(m, x, repeats)
-            base.setdefault(batch, seconds)
-            print(f"batch {batch:3d} {name:14s} {seconds * 1000:9.2f} ms  x{base[batch] / seconds:5.2f} vs fp32")
-    for name, m in models.items():
-        print(f"size {name:14s} {serialized_bytes(m):10,d} bytes")
+            latency = median_seconds(m, x, repeats)
+            base.setdefault(batch, latency)
+            print(f"batch {batch:3d} {name:18s} {latency * 1000:9.2f} ms  x{base[batch] / latency:5.2f} vs fp32 eager")
+    for name, size in sizes.items():
+        print(f"size {name:18s} {size:10,d} bytes")
 
 
 if __name__ == "__main__":

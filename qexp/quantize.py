@@ -7,6 +7,7 @@ output directory, so a multirun sweep always finishes and the report sees every 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import torch
@@ -26,13 +27,15 @@ from torch import nn
 
 from qexp.atomic import write_atomically
 from qexp.data import CIFAR10DataModule, normalize
-from qexp.errors import EXIT_USER_ERROR
+from qexp.errors import EXIT_USER_ERROR, QexpError
 from qexp.evaluate import top1
 from qexp.provenance import git_commit, hardware, versions
 from qexp.quant.affine import check_bits
 from qexp.quant.custom_ptq import PTQConfig, quantize_model
 from qexp.quant.export import integer_export, serialized_bytes
 from qexp.quant.modules import QuantLayer
+from qexp.quant.pt2e import OBSERVERS as PT2E_OBSERVERS
+from qexp.quant.pt2e import Graph, lower, quantize_pt2e, used_state
 from qexp.quant.reconstruct import ReconstructionConfig
 from qexp.quant.torch_ptq import FP16_REASON, Unsupported, int8_qconfig_mapping, quantize_int8, to_float16
 from qexp.weights import SHIPPED, arch_name, load_weights
@@ -40,24 +43,52 @@ from qexp.weights import SHIPPED, arch_name, load_weights
 log = logging.getLogger(__name__)
 
 METHODS = ("none", "custom_ptq", "torch_ptq")
+FLOWS = ("fx", "pt2e")
 
 
-def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> tuple[nn.Module, int, int, str]:
-    """``(quantized model, size in bytes, calibration images, note)`` for ``quant.method``.
+class Quantized(NamedTuple):
+    model: nn.Module
+    size_bytes: int
+    calib_images: int
+    note: str
+    extra: dict[str, Any] | None = None  # method-specific fields for result.json
+
+
+def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> Quantized:
+    """The quantized model for ``quant.method``, its stored size and what went into it.
 
     ``check_supported`` has already turned away what PyTorch's PTQ cannot do.
     """
     batches = datamodule.calibration_batches(torch.device("cpu"))
     if quant.method == "none":
-        return model, serialized_bytes(model), 0, "fp32 reference"
+        return Quantized(model, serialized_bytes(model), 0, "fp32 reference")
     if quant.method == "custom_ptq":
         quantized, images = quantize_model(model, ptq_config(quant), batches)
-        return quantized, serialized_bytes(integer_export(quantized)), images, ""
+        return Quantized(quantized, serialized_bytes(integer_export(quantized)), images, "")
+    if quant.get("flow") == "pt2e":
+        return quantize_with_pt2e(model, quant, datamodule)
     if (quant.w_bits, quant.a_bits) == (8, 8):
         quantized, images = quantize_int8(model, batches, quant.observer, quant.granularity)
-        return quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend"
+        return Quantized(quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend")
     half = to_float16(model)
-    return half, serialized_bytes(half), 0, FP16_REASON
+    return Quantized(half, serialized_bytes(half), 0, FP16_REASON)
+
+
+def quantize_with_pt2e(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> Quantized:
+    """pt2e int8: the lowered model, plus the reference graph's top-1 and the time each stage took."""
+    start = time.perf_counter()
+    converted, images = quantize_pt2e(model, datamodule.calibration_batches(torch.device("cpu")), quant.observer)
+    prepared = time.perf_counter()
+    test = datamodule.splits["test"]
+    example = normalize(test.images[: datamodule.eval_batch_size])
+    lowered = lower(converted, example)
+    extra = {
+        "export_calibrate_convert_seconds": round(prepared - start, 2),
+        "compile_seconds": round(time.perf_counter() - prepared, 2),
+        "pt2e_reference_top1": top1(Graph(converted), test, normalize, datamodule.eval_batch_size),
+    }
+    note = "pt2e static int8 (X86InductorQuantizer), lowered by torch.compile with freezing"
+    return Quantized(lowered, serialized_bytes(used_state(converted)), images, note, extra)
 
 
 def ptq_config(quant: DictConfig) -> PTQConfig:
@@ -85,6 +116,11 @@ def check_supported(quant: DictConfig) -> None:
     if quant.method != "torch_ptq":
         return
     bits = (quant.w_bits, quant.a_bits)
+    if quant.flow not in FLOWS:
+        raise ValueError(f"quant.flow={quant.flow!r} is not known; expected one of {FLOWS}.")
+    if quant.flow == "pt2e":
+        check_pt2e_supported(bits, quant.observer, quant.granularity)
+        return
     if bits not in ((8, 8), (16, 16)):
         raise Unsupported(
             f"W{bits[0]}A{bits[1]}: torch.ao.quantization offers int8 (and float16) only; "
@@ -92,6 +128,20 @@ def check_supported(quant: DictConfig) -> None:
         )
     if bits == (8, 8):
         int8_qconfig_mapping(quant.observer, quant.granularity)  # raises for observers it lacks
+
+
+def check_pt2e_supported(bits: tuple[int, int], observer: str, granularity: str) -> None:
+    if bits != (8, 8):
+        raise Unsupported(f"W{bits[0]}A{bits[1]}: the pt2e x86 Inductor quantizer is int8 only")
+    if observer not in PT2E_OBSERVERS:
+        raise Unsupported(
+            f"observer={observer}: the x86 Inductor quantizer takes a MinMax (minmax) or Histogram (mse) "
+            "activation observer; there is no percentile observer"
+        )
+    if granularity != "per_channel":
+        raise Unsupported(f"granularity={granularity}: the x86 Inductor quantizer's weights are per channel")
+    if importlib.util.find_spec("torchao") is None:
+        raise QexpError("quant.flow=pt2e needs torchao, which is not installed; pip install 'torchao>=0.18'.")
 
 
 def load(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str, Any], CIFAR10DataModule]:
@@ -136,6 +186,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "observer": quant.observer,
         "granularity": quant.granularity,
         "first_last_bits": quant.get("first_last_bits"),
+        "flow": quant.get("flow"),
         "recovery": recovery(quant),
         "average_bits": quant.get("average_bits"),
         "status": "failed",
@@ -163,14 +214,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result["checkpoint_test_top1"] = meta.get("test_top1")
         result["fp32_top1"] = top1(model, test, normalize, datamodule.eval_batch_size)
         result["fp32_size_bytes"] = serialized_bytes(model)
-        quantized, size, images, note = quantize(model, quant, datamodule)
-        if note == FP16_REASON:
+        quantized = quantize(model, quant, datamodule)
+        if quantized.note == FP16_REASON:
             result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
-        result["top1"] = top1(quantized, test, normalize, datamodule.eval_batch_size)
-        result.update(status="ok", reason=note, size_bytes=size, calib_images=images)
+        result["top1"] = top1(quantized.model, test, normalize, datamodule.eval_batch_size)
+        result.update(quantized.extra or {})
+        result.update(
+            status="ok", reason=quantized.note, size_bytes=quantized.size_bytes, calib_images=quantized.calib_images
+        )
         result["layer_bits"] = {
             name: [m.weight_quantizer.bits, m.input_quantizer.bits]
-            for name, m in quantized.named_modules()
+            for name, m in quantized.model.named_modules()
             if isinstance(m, QuantLayer)
         }
     except Unsupported as error:

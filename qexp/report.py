@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 CELL = [
-    "quant", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits", "data",
-    "checkpoint",
+    "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",
+    "data", "checkpoint",
 ]  # fmt: skip
 BITS = [16, 8, 4, 2]
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
@@ -46,9 +46,12 @@ def collect(directories: list[Path]) -> pd.DataFrame:
 
 def variant(row: pd.Series) -> str:
     """Row label of the comparison table: method, observer and what differs from WbAb."""
-    if row["quant"] == "torch_ptq" and row["w_bits"] == 16:
+    if row["quant"] == "torch_ptq" and row["w_bits"] == 16 and row.get("flow") != "pt2e":
         return "PyTorch · float16"
-    label = f"{METHOD_NAMES.get(row['quant'], row['quant'])} · {row['observer']}"
+    method = METHOD_NAMES.get(row["quant"], row["quant"])
+    if row.get("flow") == "pt2e":
+        method += " pt2e"
+    label = f"{method} · {row['observer']}"
     if row["a_bits"] != row["w_bits"]:
         label += f" · A{row['a_bits']}"
     if row.get("first_last_bits") not in (None, "") and not pd.isna(row.get("first_last_bits")):

@@ -44,6 +44,7 @@ INPUT_BITS = {"weights": 16, "weights+input": None}  # the layer's input: at 16 
 
 def sqnr_db(reference: Tensor, approximation: Tensor) -> float:
     """Signal-to-quantization-noise ratio of ``approximation`` in dB; ``inf`` when it is exact."""
+    reference, approximation = reference.detach(), approximation.detach()
     noise = float((reference - approximation).pow(2).sum())
     return math.inf if noise == 0 else 10 * math.log10(float(reference.pow(2).sum()) / noise)
 
