@@ -83,7 +83,7 @@ def main() -> None:
         x = torch.randn(batch, 3, 32, 32)
         repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
         for name in COMPILED:
-            _, compile_seconds = seconds(lambda name=name: models[name](x))
+            _, compile_seconds = seconds(lambda name=name, x=x: models[name](x))
             print(f"compile {name} at batch {batch}: {compile_seconds:.1f} s")
         for name, m in models.items():
             latency = median_seconds(m, x, repeats)
