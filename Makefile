@@ -32,7 +32,7 @@ data: data/cifar10-jpeg/train
 test: venv
 	$(PY) -m pytest -m "not slow" -q
 
-# The full comparison grid on the shipped checkpoint (29 cells, 25 evaluated on the whole test split),
+# The full comparison grid on the shipped checkpoint (31 cells, 27 evaluated on the whole test split),
 # then the report.
 demo: venv data
 	rm -rf $(GRID)
@@ -43,6 +43,8 @@ grid:
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=2,4,8 observer=minmax,mse \
 		hydra.sweep.dir=$(GRID)/torch_int8 $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16 $(ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq quant.flow=pt2e bits=8 observer=minmax,mse \
+		hydra.sweep.dir=$(GRID)/torch_pt2e $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4,8,16 observer=minmax,percentile,mse \
 		hydra.sweep.dir=$(GRID)/custom $(ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4 quant.a_bits=8 observer=minmax,percentile,mse \
