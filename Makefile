@@ -54,16 +54,17 @@ grid:
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2 quant.a_bits=8 quant.first_last_bits=8 \
 		observer=mse hydra.sweep.dir=$(GRID)/custom_a8_fl8 $(ARGS)
 
-# Beyond round-to-nearest (README "Recovering 4 and 2 bits"): per-layer sensitivity, equalization
-# and bias correction, mixed precision, then learned rounding (about 10 minutes a cell on 2 cores),
-# cheapest first. Results land beside the grid's and in the same report.
+# Beyond round-to-nearest (README "Recovering 4 and 2 bits"): per-layer sensitivity, learned
+# rounding for the W4A4 and W2A4 goals (about 10 minutes a cell on 2 cores), equalization, bias
+# correction, mixed precision, W2A2, then AdaRound per layer. Results land beside the grid's and
+# in the same report.
 Q := $(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq observer=mse
 recovery: venv data
 	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS)
-	$(Q) bits=4 quant.equalize=false,true quant.bias_correction=false,true hydra.sweep.dir=$(RECOVERY)/cle_bias $(ARGS)
-	$(Q) bits=2 quant.a_bits=4 hydra.sweep.dir=$(RECOVERY)/w2a4 $(ARGS)
-	$(Q) bits=8 quant.average_bits=3,4 hydra.sweep.dir=$(RECOVERY)/mixed $(ARGS)
 	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq $(ARGS)
+	$(Q) bits=2 quant.a_bits=4 hydra.sweep.dir=$(RECOVERY)/w2a4 $(ARGS)
+	$(Q) bits=4 quant.equalize=false,true quant.bias_correction=false,true hydra.sweep.dir=$(RECOVERY)/cle_bias $(ARGS)
+	$(Q) bits=8 quant.average_bits=3,4 hydra.sweep.dir=$(RECOVERY)/mixed $(ARGS)
 	$(Q) bits=2 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq_a2 $(ARGS)
 	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=layer quant.reconstruction.drop=0 \
 		quant.reconstruction.scale_lr=0 hydra.sweep.dir=$(RECOVERY)/adaround $(ARGS)
