@@ -34,8 +34,12 @@ OBSERVERS = ("minmax", "mse")
 MAX_BATCH = 4096
 
 
-def x86_quantizer(observer: str):  # -> X86InductorQuantizer (torchao is imported lazily)
-    """The x86 Inductor quantizer with its default config, activation observer chosen by ``observer``."""
+def x86_quantizer(observer: str):  # -> X86InductorQuantizer
+    """The x86 Inductor quantizer with its default config, activation observer chosen by ``observer``.
+
+    torchao is imported here, not at module level: importing its x86 quantizer registers
+    Inductor passes globally, which no other path of qexp should get as a side effect.
+    """
     from torchao.quantization.pt2e import MinMaxObserver
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
