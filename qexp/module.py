@@ -1,4 +1,5 @@
-"""The LightningModule that trains a classifier, with an exponential moving average of its weights.
+"""The LightningModule that trains a classifier, with an exponential moving average of its weights
+and, optionally, a frozen teacher to distil from.
 
 The EMA copy is evaluated with BatchNorm statistics re-estimated on training batches: averaging
 weights invalidates the running statistics that were collected for the raw weights, and an EMA
@@ -36,6 +37,32 @@ def split_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * CE(student, labels)`` (Hinton et al. 2015).
+
+    ``p = softmax(logits / T)``. The ``T^2`` keeps the soft term's gradient on the scale of the
+    hard term's whatever the temperature, so ``alpha`` means the same at every ``T``. The teacher's
+    logits are detached: no gradient reaches the teacher. Shapes: logits ``N x C``, labels ``N``.
+    """
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return hard
+    soft = F.kl_div(
+        F.log_softmax(student_logits.float() / temperature, dim=1),
+        F.log_softmax(teacher_logits.detach().float() / temperature, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> None:
     """Replace every BatchNorm's running statistics by their plain average over ``batches``."""
@@ -53,13 +80,29 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[Tensor]) -> None:
         bn.momentum = momentum
 
 
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with no parameter requiring a gradient (in place; returned for chaining)."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
 class Classifier(L.LightningModule):
-    """Cross-entropy training with label smoothing, SGD, warm-up + cosine, optional EMA."""
+    """Cross-entropy training with label smoothing, SGD, warm-up + cosine, optional EMA and teacher.
+
+    With a ``teacher`` the loss is ``distillation_loss``: the teacher sees the same augmented
+    batch as the student (consistent targets), runs in eval mode under ``no_grad`` and is kept out
+    of the module's parameters and checkpoints (it is an input, like the data). Which network the
+    teacher is does not matter here.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
+        teacher: nn.Module | None = None,
+        distill_alpha: float = 0.9,
+        distill_temperature: float = 4.0,
+        teacher_flip_average: bool = False,
         weight_decay: float = 5e-4,
         warmup_epochs: float = 3.0,
         label_smoothing: float = 0.1,
@@ -69,8 +112,10 @@ class Classifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.save_hyperparameters(ignore=["model", "teacher"], logger=False)
         self.model = model.to(memory_format=torch.channels_last)
+        # A plain tuple hides the teacher from nn.Module: not trained, not saved, never put in train mode.
+        self._teacher = (freeze(teacher.to(memory_format=torch.channels_last)),) if teacher is not None else ()
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
         if compile:
             self.model.compile()  # in place, so state_dict keys keep their names
@@ -80,13 +125,39 @@ class Classifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_ema_acc = MulticlassAccuracy(num_classes, average="micro")
 
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    @torch.no_grad()
+    def teacher_logits(self, images: Tensor) -> Tensor:
+        """The frozen teacher's logits, averaged over the left-right flip when asked."""
+        logits = self.teacher(images)
+        if self.hparams.teacher_flip_average:
+            logits = (logits + self.teacher(images.flip(-1))) / 2
+        return logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         logits = self.model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        if self.teacher is None:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        else:
+            loss = distillation_loss(
+                logits,
+                self.teacher_logits(images),
+                labels,
+                self.hparams.distill_alpha,
+                self.hparams.distill_temperature,
+                self.hparams.label_smoothing,
+            )
         self.train_acc(logits.detach(), labels)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)

@@ -29,6 +29,18 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def portable_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it, else as given.
+
+    Result and weight files are committed and shared; an absolute path names one machine's
+    checkout and means nothing on another.
+    """
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def hardware() -> str:
     """CPU model and core count, plus the GPU when one is visible."""
     cpu = platform.processor() or platform.machine()

@@ -18,12 +18,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from qexp.callbacks import EpochLog
 from qexp.errors import exit_on_user_error
 from qexp.module import Classifier
-from qexp.provenance import git_commit, hardware, versions
-from qexp.weights import arch_name, save_weights
+from qexp.provenance import git_commit, hardware, portable_path, versions
+from qexp.weights import arch_name, load_weights, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,56 @@ def choose_weights(metrics: dict[str, float]) -> str:
     return "ema" if "test/ema_acc" in metrics else "raw"
 
 
+def load_teacher(teacher_cfg: DictConfig | None) -> tuple[nn.Module | None, dict[str, Any] | None]:
+    """The frozen teacher network of ``experiment=distill`` and what its weight file says of it.
+
+    A missing file, or a file of another architecture than ``teacher.model``, is a ``QexpError``
+    from ``load_weights``: one message, no traceback.
+    """
+    if teacher_cfg is None:
+        return None, None
+    teacher = instantiate(teacher_cfg.model)
+    path = Path(teacher_cfg.checkpoint)
+    meta = load_weights(path, teacher, arch_name(teacher_cfg.model))
+    summary = {
+        "arch": arch_name(teacher_cfg.model),
+        "checkpoint": portable_path(path),
+        "val_top1": meta.get("val_top1"),
+        "test_top1": meta.get("test_top1"),
+        "epochs": meta.get("epochs"),
+        "alpha": teacher_cfg.alpha,
+        "temperature": teacher_cfg.temperature,
+        "flip_average": teacher_cfg.flip_average,
+    }
+    return teacher, summary
+
+
+def portable_config(cfg: DictConfig) -> str:
+    """The resolved config as YAML, with every path inside the project written relative to it.
+
+    Hydra resolves ``output_dir`` (and with it ``export_path``) to absolute paths; those name one
+    machine's checkout and mean nothing in a committed weight file.
+    """
+    checkout = str(Path.cwd().resolve()) + "/"
+    return OmegaConf.to_yaml(cfg, resolve=True).replace(checkout, "")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and export; return the exported file's metadata."""
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     output_dir = Path(cfg.output_dir)
+    teacher, teacher_meta = load_teacher(cfg.get("teacher"))
     datamodule = instantiate(cfg.data)
-    module = Classifier(instantiate(cfg.model), **instantiate(cfg.optim), compile=cfg.compile)
+    distill = {}
+    if teacher is not None:
+        distill = {
+            "teacher": teacher,
+            "distill_alpha": cfg.teacher.alpha,
+            "distill_temperature": cfg.teacher.temperature,
+            "teacher_flip_average": cfg.teacher.flip_average,
+        }
+    module = Classifier(instantiate(cfg.model), **instantiate(cfg.optim), **distill, compile=cfg.compile)
     clock = EpochLog()
     interactive = sys.stdout.isatty()  # a progress bar floods nohup and CI logs
     # save_top_k=1 without a monitor keeps the newest epoch; with save_top_k=0 Lightning would
@@ -77,10 +121,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_top1": {k: 100 * v for k, v in val_metrics.items()},
         "weights": choice,
         "data": datamodule.label,
+        "train_images": len(datamodule.splits["train"]),
+        "val_size": datamodule.val_size,
+        "split_seed": datamodule.seed,
+        "teacher": teacher_meta,
         "epochs": trainer.current_epoch,
         "train_seconds": round(clock.seconds, 1),
         "command": "python -m qexp.train " + " ".join(sys.argv[1:]),
-        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "config": portable_config(cfg),
         "hardware": hardware(),
         "versions": versions(),
         "git": git_commit(),
