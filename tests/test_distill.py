@@ -90,7 +90,8 @@ def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_distill_experiment_trains_a_student_and_records_its_teacher(compose_in, teacher_file: Path):
-    cfg = compose_in("train", ["experiment=distill", "data=synthetic", "trainer=smoke", f"teacher.checkpoint={teacher_file}"])
+    overrides = ["experiment=distill", "data=synthetic", "trainer=smoke", f"teacher.checkpoint={teacher_file}"]
+    cfg = compose_in("train", overrides)
     meta = train(cfg)
     assert meta["teacher"]["arch"] == "widenet" and meta["teacher"]["test_top1"] == 12.5
     assert meta["teacher"]["alpha"] == 0.9 and meta["teacher"]["temperature"] == 4.0

@@ -10,6 +10,8 @@ of its own for a quantizer to reach.
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor, nn
 
 
@@ -38,7 +40,7 @@ class WideNet(nn.Module):
             nn.Conv2d(3, stem_width, 2, bias=False), nn.BatchNorm2d(stem_width), nn.GELU()
         )  # fmt: skip
         channels = (stem_width, *widths)
-        self.groups = nn.Sequential(*(ConvGroup(a, b) for a, b in zip(channels, channels[1:], strict=False)))
+        self.groups = nn.Sequential(*(ConvGroup(a, b) for a, b in itertools.pairwise(channels)))
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes, bias=False)
 
