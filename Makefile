@@ -7,6 +7,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The JPEG mirror of CIFAR-10 when it is next to the checkout, else torchvision's download.
 MIRROR := ../shared/data/cifar10-jpeg.tar.gz
 DATA ?= $(if $(wildcard $(MIRROR)),cifar10_folder,cifar10)
+# The first 1 017 ORIGINAL test images, measured beside the mirror's test split when they are here.
+ORIGINAL := ../shared/data/cifar10-original-test-first1017.tar.gz
+EXTRA_TEST := $(if $(wildcard $(ORIGINAL)),data.extra_test_root=data/cifar10-original-test,)
 GRID ?= multirun/grid
 RECOVERY ?= multirun/recovery
 REPORT ?= multirun_reports/resnet20_ptq
@@ -27,7 +30,10 @@ venv: $(VENV)/.installed
 data/cifar10-jpeg/train:
 	@if [ -f $(MIRROR) ]; then mkdir -p data/cifar10-jpeg && tar -xzf $(MIRROR) -C data/cifar10-jpeg; fi
 
-data: data/cifar10-jpeg/train
+data/cifar10-original-test/test:
+	@if [ -f $(ORIGINAL) ]; then mkdir -p data/cifar10-original-test && tar -xzf $(ORIGINAL) -C data/cifar10-original-test; fi
+
+data: data/cifar10-jpeg/train data/cifar10-original-test/test
 
 test: venv
 	$(PY) -m pytest -m "not slow" -q

@@ -132,8 +132,8 @@ def _read_cache(cache: Path) -> dict | None:
         return None
 
 
-def load_image_folder(root: Path) -> dict[str, Split]:
-    """An ImageFolder tree ``root/{train,test}/<class>/*``, decoded once and cached.
+def load_image_folder(root: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Split]:
+    """An ImageFolder tree ``root/{train,test}/<class>/*`` (or just the ``splits`` asked for), decoded once and cached.
 
     The cache (``root/<split>.qexp-cache.pt``) holds the uint8 tensors and a fingerprint of
     the file list, so adding or replacing images invalidates it. A read-only ``root`` simply
@@ -144,21 +144,21 @@ def load_image_folder(root: Path) -> dict[str, Split]:
             f"data.root={str(root)!r} does not exist or is not a directory. Expected an "
             f"ImageFolder tree root/{{train,test}}/<class>/*.png|jpg."
         )
-    splits = {}
-    for split in SPLITS:
+    loaded = {}
+    for split in splits:
         files = _list_image_folder(root / split)
         fingerprint = _fingerprint(files)
         cache = root / f"{split}.qexp-cache.pt"
         cached = _read_cache(cache)
         if cached is not None and cached.get("fingerprint") == fingerprint:
-            splits[split] = Split(cached["images"], cached["labels"])
+            loaded[split] = Split(cached["images"], cached["labels"])
             continue
         data = _decode(files)
         payload = {"images": data.images, "labels": data.labels, "fingerprint": fingerprint}
         with contextlib.suppress(OSError):  # a read-only data folder: decode again next time
             write_atomically(cache, lambda tmp, payload=payload: torch.save(payload, tmp))
-        splits[split] = data
-    return splits
+        loaded[split] = data
+    return loaded
 
 
 def make_synthetic(num_train: int, num_test: int, seed: int) -> dict[str, Split]:
@@ -253,6 +253,10 @@ class CIFAR10DataModule(L.LightningDataModule):
     images, used to choose epochs, recipes and the exported weights). The calibration subset
     for post-training quantization is ``calib_size`` images of the training part, fixed by the
     seed and never augmented. The test split is for final evaluation only.
+
+    ``extra_test_root`` names a second test set, an ImageFolder tree with only a ``test`` split
+    (e.g. the 1 017 original CIFAR-10 test images beside the JPEG mirror): it becomes the split
+    ``extra_test``, measured beside ``test`` and, like it, never used to choose anything.
     """
 
     def __init__(
@@ -270,6 +274,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         cutout_size: int = 0,
         synthetic_sizes: tuple[int, int] = (512, 256),
         label: str = "",
+        extra_test_root: str | None = None,
+        extra_test_label: str = "",
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -289,6 +295,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.cutout_size = cutout_size
         self.synthetic_sizes = tuple(synthetic_sizes)
         self.label = label or source  # what results say they were measured on
+        self.extra_test_root = Path(extra_test_root).expanduser().resolve() if extra_test_root else None
+        self.extra_test_label = extra_test_label or (self.extra_test_root.name if self.extra_test_root else "")
         self.splits: dict[str, Split] = {}
         self._full_train: Split | None = None
         self.calibration_indices: Tensor | None = None
@@ -322,6 +330,13 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.splits = {"train": train.subset(train_indices), "test": loaded["test"]}
         if self.val_size:
             self.splits["val"] = train.subset(val_indices)
+        if self.extra_test_root is not None:
+            if not self.extra_test_root.is_dir():
+                raise QexpError(
+                    f"data.extra_test_root={str(self.extra_test_root)!r} is not a directory; expected an "
+                    "ImageFolder tree with a test/<class>/*.png|jpg split, or null for no second test set."
+                )
+            self.splits["extra_test"] = load_image_folder(self.extra_test_root, splits=("test",))["test"]
         self._full_train = train
 
     # Lightning hooks ---------------------------------------------------------------------

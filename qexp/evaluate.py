@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -27,3 +28,18 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 def top1(model: nn.Module, split: Split, transform: Callable[[Tensor], Tensor], batch_size: int = 1000) -> float:
     """Percentage of ``split`` that ``model`` classifies correctly."""
     return accuracy(predict(model, split, transform, batch_size), split.labels)
+
+
+def flip_averaged_top1(
+    model: nn.Module, split: Split, transform: Callable[[Tensor], Tensor], batch_size: int = 1000
+) -> float:
+    """Top-1 of the logits averaged over each image and its left-right mirror (test-time augmentation)."""
+    logits = predict(model, split, transform, batch_size)
+    mirrored = predict(model, Split(split.images.flip(-1), split.labels), transform, batch_size)
+    return accuracy(logits + mirrored, split.labels)
+
+
+def standard_error(top1_percent: float, images: int) -> float:
+    """One binomial standard error of a top-1 percentage measured on ``images`` images, in points."""
+    p = top1_percent / 100
+    return 100 * math.sqrt(p * (1 - p) / images)

@@ -107,6 +107,18 @@ def test_datamodule_splits_and_calibration_subset_come_from_training_images():
     assert sum(len(b) for b in batches) == 100
 
 
+def test_second_test_set_is_read_from_a_test_only_folder(tmp_path: Path):
+    extra = write_image_folder(tmp_path / "extra", per_class=2)
+    shutil.rmtree(extra / "train")  # only a test split, like the original CIFAR-10 images
+    dm = CIFAR10DataModule(source="synthetic", val_size=16, calib_size=8, extra_test_root=str(extra))
+    dm.setup()
+    assert len(dm.splits["extra_test"]) == 20 and dm.extra_test_label == "extra"
+    assert dm.splits["extra_test"].labels.tolist() == [c for c in range(10) for _ in range(2)]
+    missing = CIFAR10DataModule(source="synthetic", val_size=16, calib_size=8, extra_test_root=str(tmp_path / "no"))
+    with pytest.raises(QexpError, match=r"data.extra_test_root=.* is not a directory"):
+        missing.setup()
+
+
 def test_training_loader_yields_whole_uint8_batches():
     dm = CIFAR10DataModule(source="synthetic", batch_size=32, val_size=0, calib_size=8, synthetic_sizes=(100, 10))
     dm.setup()

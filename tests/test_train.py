@@ -1,6 +1,7 @@
 import itertools
 from pathlib import Path
 
+import pytest
 import torch
 
 from qexp.models import resnet20
@@ -10,9 +11,14 @@ from qexp.weights import load_weights
 from tests.conftest import run_module
 
 
-def test_train_entry_trains_resumes_and_exports(compose_in, tmp_path: Path):
-    cfg = compose_in("train", ["data=synthetic", "trainer=smoke", "optim.ema_decay=0.9"])
+def test_train_entry_trains_resumes_and_exports(compose_in, tmp_path: Path, image_folder: Path):
+    extra = ["data.extra_test_root=" + str(image_folder), "data.extra_test_label=folder"]
+    cfg = compose_in("train", ["data=synthetic", "trainer=smoke", "optim.ema_decay=0.9", *extra])
     meta = train(cfg)
+    assert meta["extra_test"]["label"] == "folder" and meta["extra_test"]["images"] == 60
+    p = meta["extra_test"]["top1"] / 100
+    assert meta["extra_test"]["stderr"] == pytest.approx(100 * (p * (1 - p) / 60) ** 0.5)
+    assert 0 <= meta["test_top1_fp32"] <= 100 and 0 <= meta["test_top1_flip_averaged"] <= 100
     export = Path(cfg.export_path)
     assert export.is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "checkpoints").glob("epoch=0-*.ckpt"))  # saved every epoch, not only at the end
