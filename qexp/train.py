@@ -43,6 +43,12 @@ def choose_weights(metrics: dict[str, float]) -> str:
     return "ema" if "test/ema_acc" in metrics else "raw"
 
 
+def exported_val_top1(meta: dict[str, Any]) -> float | None:
+    """The validation top-1 of the weights a file holds (raw or EMA), from its metadata; None without a split."""
+    key = "val/ema_acc" if meta.get("weights") == "ema" else "val/acc"
+    return (meta.get("val_top1") or {}).get(key)
+
+
 def load_teacher(teacher_cfg: DictConfig | None) -> tuple[nn.Module | None, dict[str, Any] | None]:
     """The frozen teacher network of ``experiment=distill`` and what its weight file says of it.
 
@@ -57,7 +63,7 @@ def load_teacher(teacher_cfg: DictConfig | None) -> tuple[nn.Module | None, dict
     summary = {
         "arch": arch_name(teacher_cfg.model),
         "checkpoint": portable_path(path),
-        "val_top1": meta.get("val_top1"),
+        "val_top1": exported_val_top1(meta),
         "test_top1": meta.get("test_top1"),
         "epochs": meta.get("epochs"),
         "alpha": teacher_cfg.alpha,

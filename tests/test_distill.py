@@ -85,7 +85,12 @@ def test_flip_average_is_the_mean_of_both_views():
 def teacher_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_weights(path, widenet(), arch="widenet", meta={"test_top1": 12.5, "val_top1": {"val/acc": 11.0}})
+    save_weights(
+        path,
+        widenet(),
+        arch="widenet",
+        meta={"test_top1": 12.5, "val_top1": {"val/acc": 11.0, "val/ema_acc": 13.0}, "weights": "ema"},
+    )
     return path
 
 
@@ -95,6 +100,7 @@ def test_distill_experiment_trains_a_student_and_records_its_teacher(compose_in,
     meta = train(cfg)
     assert meta["teacher"]["arch"] == "widenet" and meta["teacher"]["test_top1"] == 12.5
     assert meta["teacher"]["alpha"] == 0.9 and meta["teacher"]["temperature"] == 4.0
+    assert meta["teacher"]["val_top1"] == 13.0  # of the weights the file holds (EMA)
     student = resnet20()
     assert load_weights(Path(cfg.export_path), student, "resnet20")["teacher"]["arch"] == "widenet"
 

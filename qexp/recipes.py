@@ -1,0 +1,89 @@
+"""``python -m qexp.recipes WEIGHTS... --out reports/recipes``: the table of training recipes compared on validation.
+
+Every recipe choice (cutout, label smoothing, weight decay, teacher, T and alpha, length) is made
+on proxy runs scored on the 5 000 held-out training images. This reads the weight files those
+runs exported (their metadata holds the resolved config, the validation accuracies and the
+training time) and writes ``recipes.csv`` and ``recipes.md``, one row per run. Test accuracy is
+left out on purpose: a table that recipes are chosen from must not show the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from qexp.errors import QexpError
+
+
+def recipe_row(path: Path) -> dict[str, Any]:
+    """One table row from a weight file written by ``python -m qexp.train``."""
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    except Exception as error:  # missing, truncated or foreign files all get the same answer
+        raise QexpError(
+            f"{str(path)!r} could not be read as a qexp weight file ({type(error).__name__}); "
+            "expected the weights.pt that python -m qexp.train exports."
+        ) from None
+    cfg = OmegaConf.create(meta["config"])
+    teacher = meta.get("teacher") or {}
+    val = meta.get("val_top1") or {}
+    return {
+        "run": path.parent.name if path.name == "weights.pt" else path.stem,
+        "model": str(cfg.model._target_).rsplit(".", 1)[-1],
+        "train_images": meta.get("train_images"),
+        "epochs": meta["epochs"],
+        "cutout": cfg.data.cutout_size,
+        "label_smoothing": cfg.optim.label_smoothing,
+        "weight_decay": cfg.optim.weight_decay,
+        "ema": cfg.optim.ema_decay,
+        "teacher": teacher.get("arch"),
+        "teacher_val_top1": teacher.get("val_top1"),
+        "alpha": teacher.get("alpha"),
+        "temperature": teacher.get("temperature"),
+        "val_top1": val.get("val/acc"),
+        "val_top1_ema": val.get("val/ema_acc"),
+        "minutes": round(meta["train_seconds"] / 60, 1),
+        "command": meta.get("command"),
+    }
+
+
+def recipes_markdown(table: pd.DataFrame) -> str:
+    """The table as Markdown, best validation accuracy first, blanks for what a run did not have."""
+    shown = table.drop(columns=["command"]).copy()
+    shown["best_val"] = shown[["val_top1", "val_top1_ema"]].max(axis=1)
+    shown = shown.sort_values("best_val", ascending=False).drop(columns=["best_val"])
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "|" + "---|" * len(shown.columns)
+    rows = [
+        "| " + " | ".join("" if pd.isna(v) else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row) + " |"
+        for row in shown.itertuples(index=False)
+    ]
+    commands = [f"- `{r.run}`: `{r.command}`" for r in table.itertuples(index=False)]
+    return "\n".join([header, rule, *rows, "", "Commands:", "", *commands, ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", type=Path, nargs="+", help="weight files exported by python -m qexp.train")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        table = pd.DataFrame([recipe_row(path) for path in args.weights])
+    except QexpError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "recipes.csv", index=False)
+    (args.out / "recipes.md").write_text(recipes_markdown(table))
+    print(f"{len(table)} runs -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
