@@ -21,9 +21,10 @@ from torch import nn
 
 from qexp.models import resnet20
 from qexp.provenance import hardware
-from qexp.quant.export import serialized_bytes
-from qexp.quant.pt2e import Graph, quantize_pt2e, used_state
-from qexp.quant.torch_ptq import quantize_int8, to_float16
+from qexp.quant import serialized_bytes
+from qexp.quant.pytorch.float16 import to_float16
+from qexp.quant.pytorch.fx import quantize_int8
+from qexp.quant.pytorch.pt2e import Graph, quantize_pt2e, used_state
 from qexp.weights import SHIPPED, load_weights
 
 COMPILED = ("fp32 compiled", "pt2e int8 lowered")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,28 +23,19 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 from qexp.atomic import write_atomically
 from qexp.data import CIFAR10DataModule, normalize
-from qexp.errors import EXIT_USER_ERROR
-from qexp.evaluate import accuracy, predict
+from qexp.errors import exit_on_user_error
+from qexp.evaluate import accuracy, predict, sqnr_db
 from qexp.provenance import git_commit, hardware, versions
-from qexp.quant.affine import check_bits
-from qexp.quant.custom_ptq import PTQConfig, layer_names, quantize_model
-from qexp.quantize import load, ptq_config, recovery
-from qexp.weights import SHIPPED
+from qexp.quant import PTQConfig, check_bits, layer_names, ptq_config, quantize_model, recovery
+from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
 
 INPUT_BITS = {"weights": 16, "weights+input": None}  # the layer's input: at 16 bits, or (None) at the weight width
-
-
-def sqnr_db(reference: Tensor, approximation: Tensor) -> float:
-    """Signal-to-quantization-noise ratio of ``approximation`` in dB; ``inf`` when it is exact."""
-    reference, approximation = reference.detach(), approximation.detach()
-    noise = float((reference - approximation).pow(2).sum())
-    return math.inf if noise == 0 else 10 * math.log10(float(reference.pow(2).sum()) / noise)
 
 
 def layer_sensitivity(
@@ -82,8 +71,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             layer_only = {"w_bits": bits, "a_bits": input_bits or bits, "first_last_bits": None, "average_bits": None}
             quant = OmegaConf.merge(cfg.quant, layer_only)
             configs[bits, what] = ptq_config(quant)
-    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED
-    model, _, datamodule = load(cfg, checkpoint)
+    checkpoint = checkpoint_path(cfg.checkpoint)
+    model, _, datamodule = load_trained(cfg, checkpoint)
     rows = layer_sensitivity(model, configs, datamodule)
     record = {
         "rows": rows,
@@ -107,11 +96,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sensitivity")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():  # a bad width, observer or path: one line; any other error keeps its traceback
         record = run(cfg)
-    except ValueError as error:  # bad user input: a bit width, an observer, a path (QexpError)
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
     log.info("%d cells in %.0f s -> %s", len(record["rows"]), record["seconds"], cfg.output_dir)
 
 

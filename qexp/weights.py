@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 
 from qexp.atomic import write_atomically
+from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
 
 SHIPPED = Path(__file__).parent / "assets" / "resnet20_cifar10_jpeg.pt"
@@ -54,3 +57,23 @@ def load_weights(path: Path, model: nn.Module, arch: str) -> dict[str, Any]:
         first = str(error).splitlines()[0]
         raise QexpError(f"checkpoint={str(path)!r} does not fit {arch}: {first}") from None
     return dict(payload.get("meta", {}))
+
+
+def checkpoint_path(checkpoint: str | None) -> Path:
+    """The weight file an entry point's ``checkpoint`` names; ``null`` names the shipped one."""
+    return Path(checkpoint) if checkpoint else SHIPPED
+
+
+def load_trained(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str, Any], CIFAR10DataModule]:
+    """The float model of ``cfg.model`` in eval mode with ``checkpoint``'s weights, their metadata, and the set-up data.
+
+    What every entry point that starts from a trained model (quantization, sensitivity) does first.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = instantiate(cfg.model)
+    meta = load_weights(checkpoint, model, arch_name(cfg.model))
+    model.eval()
+    datamodule: CIFAR10DataModule = instantiate(cfg.data)
+    datamodule.setup()
+    return model, meta, datamodule

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from qexp.models import resnet20
-from qexp.quant.fold import conv_bn_pairs, fold_batchnorm
+from qexp.quant.core.fold import conv_bn_pairs, fold_batchnorm
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from qexp.quant.observers import (
+from qexp.quant.core.observers import (
     MinMaxObserver,
     MSEObserver,
     PercentileObserver,

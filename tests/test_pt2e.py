@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from qexp.evaluate import sqnr_db
 from qexp.models.resnet import ResNet
-from qexp.quant.pt2e import Graph, lower, quantize_pt2e, used_state, x86_quantizer
+from qexp.quant.pytorch.pt2e import Graph, lower, quantize_pt2e, used_state, x86_quantizer
 from qexp.quantize import run
-from qexp.sensitivity import sqnr_db
 from tests.test_fold import randomise_batchnorm
 
 pytest.importorskip("torchao")

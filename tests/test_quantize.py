@@ -104,3 +104,27 @@ def test_recovery_options_run_through_the_entry_point_and_name_the_cell(compose_
     assert result["recovery"] == "CLE + BRECQ+LSQ+QDrop 3 steps + bias corr."
     bad = run(compose_in("quantize", [*overrides[:3], "quant.reconstruct=network"]))
     assert bad["status"] == "failed" and "quant.reconstruct='network'" in bad["reason"]
+
+
+def test_an_internal_error_keeps_its_type_in_the_reason_and_its_traceback_in_the_log(
+    compose_in, weights_file: Path, monkeypatch, caplog
+):
+    from qexp import quantize
+
+    def broken(*args, **kwargs):
+        raise ValueError("a shape went wrong inside qexp")  # a plain ValueError is not the user's input
+
+    monkeypatch.setattr(quantize, "quantize", broken)
+    with caplog.at_level("ERROR", logger="qexp.quantize"):
+        result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=8"]))
+    assert result["status"] == "failed"
+    assert result["reason"] == "ValueError: a shape went wrong inside qexp"
+    assert "Traceback" in caplog.text and "in broken" in caplog.text
+
+
+def test_a_user_error_is_its_message_alone(compose_in, weights_file: Path, caplog):
+    with caplog.at_level("ERROR", logger="qexp.quantize"):
+        result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant.method=qat"]))
+    assert result["status"] == "failed"
+    assert result["reason"] == "quant.method='qat' is not known; expected one of ('none', 'custom_ptq', 'torch_ptq')."
+    assert "Traceback" not in caplog.text

@@ -1,20 +1,12 @@
 import json
-import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from qexp.report import report
-from qexp.sensitivity import run, sqnr_db
+from qexp.sensitivity import run
 from tests.conftest import run_module
 from tests.test_report import fake_cell
-
-
-def test_sqnr():
-    reference = torch.tensor([1.0, 1.0])
-    assert sqnr_db(reference, reference) == math.inf
-    assert sqnr_db(reference, torch.tensor([1.0, 0.0])) == pytest.approx(10 * math.log10(2))
 
 
 def test_every_layer_is_measured_alone_and_the_report_shows_it(compose_in, weights_file: Path, tmp_path: Path):

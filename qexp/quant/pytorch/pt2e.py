@@ -1,6 +1,6 @@
 """PyTorch's current PTQ flow: ``torch.export`` -> torchao pt2e with the x86 Inductor quantizer -> Inductor.
 
-``torch.ao.quantization``'s FX flow (``torch_ptq.py``) is deprecated in favour of this one, and
+``torch.ao.quantization``'s FX flow (``fx.py``) is deprecated in favour of this one, and
 this is the flow that gets int8 speed from ``torch.compile`` on a CPU:
 
 1. ``torch.export.export`` captures the float model as an ATen graph, with a dynamic batch
@@ -22,16 +22,34 @@ full uint8 range (the x86 quantizer's default since VNNI CPUs, unlike FX's ``red
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Iterable
 
 import torch
 import torch._inductor.config
 from torch import Tensor, nn
 
-from qexp.quant.custom_ptq import EMPTY_CALIBRATION
+from qexp.errors import QexpError
+from qexp.quant.core.calibration import first_and_all
+from qexp.quant.unsupported import Unsupported
 
 OBSERVERS = ("minmax", "mse")
 MAX_BATCH = 4096
+
+
+def check_supported(bits: tuple[int, int], observer: str, granularity: str) -> None:
+    """Raise ``Unsupported`` before any work for what the x86 Inductor quantizer lacks; ``QexpError``: no torchao."""
+    if bits != (8, 8):
+        raise Unsupported(f"W{bits[0]}A{bits[1]}: the pt2e x86 Inductor quantizer is int8 only")
+    if observer not in OBSERVERS:
+        raise Unsupported(
+            f"observer={observer}: the x86 Inductor quantizer takes a MinMax (minmax) or Histogram (mse) "
+            "activation observer; there is no percentile observer"
+        )
+    if granularity != "per_channel":
+        raise Unsupported(f"granularity={granularity}: the x86 Inductor quantizer's weights are per channel")
+    if importlib.util.find_spec("torchao") is None:
+        raise QexpError("quant.flow=pt2e needs torchao, which is not installed; pip install 'torchao>=0.18'.")
 
 
 def x86_quantizer(observer: str):  # -> X86InductorQuantizer
@@ -71,13 +89,10 @@ def quantize_pt2e(model: nn.Module, batches: Iterable[Tensor], observer: str) ->
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = x86_quantizer(observer)
-    batches = iter(batches)
-    first = next(batches, None)
-    if first is None:
-        raise ValueError(EMPTY_CALIBRATION)
+    first, batches = first_and_all(batches)
     prepared = prepare_pt2e(export(model, first[:2] if len(first) >= 2 else first.repeat(2, 1, 1, 1)), quantizer)
     images = 0
-    for batch in (first, *batches):
+    for batch in batches:
         prepared(batch)
         images += len(batch)
     return convert_pt2e(prepared), images

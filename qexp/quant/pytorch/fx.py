@@ -1,19 +1,16 @@
-"""PyTorch's own post-training quantization, for comparison with ours.
+"""PyTorch's FX-flow PTQ at 8 bits, for comparison with ours: static int8 for the x86 backend.
 
-* 8 bits: static int8 with FX graph mode (``prepare_fx`` -> calibrate -> ``convert_fx``) for
-  the x86 backend. FX fuses conv+BN+ReLU and add+ReLU itself and observes the residual adds, so
-  the converted model runs on PyTorch's quantized CPU kernels end to end. Weights: int8,
-  symmetric, per output channel (or per tensor); activations: uint8, asymmetric, per tensor.
-  ``observer=minmax`` uses PyTorch's MinMax observers; ``observer=mse`` its HistogramObserver
-  for activations, which searches the range minimising the L2 quantization error.
-* 16 bits: ``torch.ao.quantization`` has float16 qconfigs but its x86 backend applies them to
-  linear layers only -- convolutions stay fp32 -- and it has no int16 conv. The 16-bit row is
-  therefore PyTorch's float16: the model cast with ``.half()`` and run in float16 on the CPU.
-* Other bit widths and ``observer=percentile`` have no PyTorch counterpart and are reported as
-  unsupported, so a sweep over the whole grid completes.
+``prepare_fx`` -> calibrate -> ``convert_fx``. FX fuses conv+BN+ReLU and add+ReLU itself and
+observes the residual adds, so the converted model runs on PyTorch's quantized CPU kernels end
+to end. Weights: int8, symmetric, per output channel (or per tensor); activations: uint8,
+asymmetric, per tensor. ``observer=minmax`` uses PyTorch's MinMax observers; ``observer=mse``
+its HistogramObserver for activations, which searches the range minimising the L2
+quantization error. Other bit widths and ``observer=percentile`` have no PyTorch counterpart
+and are reported as unsupported, so a sweep over the whole grid completes; 16 bits is
+PyTorch's float16 (``float16.py``).
 
-``torch.ao.quantization`` is deprecated in favour of torchao's pt2e flow; its one deprecation
-message is filtered where we call it, other quantization warnings stay visible.
+``torch.ao.quantization`` is deprecated in favour of torchao's pt2e flow (``pt2e.py``); its one
+deprecation message is filtered where we call it, other quantization warnings stay visible.
 """
 
 from __future__ import annotations
@@ -28,19 +25,14 @@ from torch import Tensor, nn
 from torch.ao.quantization import QConfig, QConfigMapping
 from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 
-from qexp.quant.custom_ptq import EMPTY_CALIBRATION, GRANULARITIES
+from qexp.errors import QexpError
+from qexp.quant.core.calibration import first_and_all
+from qexp.quant.core.observers import GRANULARITIES
+from qexp.quant.unsupported import Unsupported
 
 DEPRECATION_MESSAGE = r"torch\.ao\.quantization is deprecated"
 # Quantized tensors (quint8/qint8) themselves are marked deprecated in favour of torchao.
 QUANTIZED_TENSOR_MESSAGE = r"torch\.quantize_per_tensor, torch\.quantize_per_channel"
-FP16_REASON = (
-    "float16, not int16: torch.ao.quantization has no int16 convolution and its float16 qconfig "
-    "reaches only linear layers on x86, so this is the model cast with .half() and run in float16"
-)
-
-
-class Unsupported(Exception):
-    """This combination has no PyTorch implementation; the message says why."""
 
 
 @contextmanager
@@ -51,6 +43,17 @@ def _quiet_deprecation() -> Iterator[None]:
         yield
 
 
+def check_supported(bits: tuple[int, int], observer: str, granularity: str) -> None:
+    """Raise ``Unsupported`` before any work for a ``(w_bits, a_bits)`` cell the FX flow (or float16) cannot do."""
+    if bits not in ((8, 8), (16, 16)):
+        raise Unsupported(
+            f"W{bits[0]}A{bits[1]}: torch.ao.quantization offers int8 (and float16) only; "
+            "its CPU kernels have no 2-, 4- or mixed-width static quantization"
+        )
+    if bits == (8, 8):
+        int8_qconfig_mapping(observer, granularity)  # raises for observers it lacks
+
+
 def int8_qconfig_mapping(observer: str, granularity: str) -> QConfigMapping:
     """The x86 qconfig with the activation observer of ``observer`` and the weight granularity asked for.
 
@@ -58,7 +61,7 @@ def int8_qconfig_mapping(observer: str, granularity: str) -> QConfigMapping:
     as its x86 default does.
     """
     if granularity not in GRANULARITIES:
-        raise ValueError(f"quant.granularity={granularity!r} is not known; expected one of {GRANULARITIES}.")
+        raise QexpError(f"quant.granularity={granularity!r} is not known; expected one of {GRANULARITIES}.")
 
     activations = {"minmax": MinMaxObserver, "mse": HistogramObserver}
     if observer not in activations:
@@ -93,30 +96,13 @@ def quantize_int8(
     torch.backends.quantized.engine = "x86"
     mapping = int8_qconfig_mapping(observer, granularity)
     float_model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
-    batches = iter(calibration_batches)
-    first = next(batches, None)
-    if first is None:
-        raise ValueError(EMPTY_CALIBRATION)
+    first, batches = first_and_all(calibration_batches)
     with _quiet_deprecation():
         prepared = prepare_fx(float_model, mapping, example_inputs=(first[:1],))
         images = 0
-        for batch in (first, *batches):
+        for batch in batches:
             prepared(batch.contiguous())
             images += len(batch)
         converted = convert_fx(prepared)
     check_converted(converted)
     return converted, images
-
-
-def to_float16(model: nn.Module) -> nn.Module:
-    """A float16 copy of ``model`` that takes and returns float32 tensors."""
-    return _Float16(copy.deepcopy(model).eval().half().to(memory_format=torch.contiguous_format))
-
-
-class _Float16(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x.half().contiguous()).float()

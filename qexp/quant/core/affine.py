@@ -20,14 +20,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qexp.errors import QexpError
+
 MIN_BITS, MAX_BITS = 2, 16
 MIN_SCALE = 1e-8
 
 
 def check_bits(bits: int, name: str = "bits") -> int:
-    """Return ``bits`` if it is an integer in ``[MIN_BITS, MAX_BITS]``; raise ``ValueError`` otherwise."""
+    """Return ``bits`` if it is an integer in ``[MIN_BITS, MAX_BITS]``; raise ``QexpError`` otherwise.
+
+    Widths come from the user's config (``name`` says which value), so a bad one is the user's to fix.
+    """
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"{name}={bits!r} is not supported; expected an integer from {MIN_BITS} to {MAX_BITS}.")
+        raise QexpError(f"{name}={bits!r} is not supported; expected an integer from {MIN_BITS} to {MAX_BITS}.")
     return bits
 
 

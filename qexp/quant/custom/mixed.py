@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from qexp.quant.affine import storage_bits
+from qexp.errors import QexpError
+from qexp.quant.core.affine import storage_bits
 
 
 def weight_bytes(counts: dict[str, int], bits: dict[str, int]) -> float:
@@ -33,6 +34,15 @@ def weight_bytes(counts: dict[str, int], bits: dict[str, int]) -> float:
     return sum(counts[name] * storage_bits(bits[name]) / 8 for name in counts)
 
 
+def check_average_bits(average_bits: float, widths: Sequence[int]) -> None:
+    """Refuse a budget below the narrowest candidate width: no assignment of ``widths`` fits it."""
+    if not min(widths) <= average_bits:
+        raise QexpError(
+            f"quant.average_bits={average_bits} is below the narrowest of quant.mixed_widths="
+            f"{list(widths)}; expected at least {min(widths)}."
+        )
+
+
 def greedy_assignment(
     counts: dict[str, int], errors: dict[tuple[str, int], float], widths: Sequence[int], average_bits: float
 ) -> dict[str, int]:
@@ -40,9 +50,8 @@ def greedy_assignment(
 
     ``errors[(layer, bits)]`` is the error of quantizing ``layer`` alone at ``bits``.
     """
+    check_average_bits(average_bits, widths)
     widths = sorted(widths, reverse=True)
-    if average_bits < widths[-1]:
-        raise ValueError(f"average_bits={average_bits} is below the narrowest width {widths[-1]}; nothing fits.")
     bits = {name: widths[0] for name in counts}
     budget = average_bits * sum(counts.values()) / 8
     while weight_bytes(counts, bits) > budget:
@@ -66,20 +75,21 @@ def greedy_assignment(
 def assign_bits(
     model: nn.Module,
     batches: Sequence[Tensor],
+    layers: Sequence[str],
     widths: Sequence[int],
     average_bits: float,
-    quantize_alone: Callable[[str, int], nn.Module],
+    logits_alone: Callable[[str, int], Tensor],
 ) -> dict[str, int]:
-    """Measure every layer at every width (``quantize_alone(name, bits)``: only that layer's weights), then pick.
+    """Measure every one of ``layers`` at every width, then pick.
 
-    The error is the mean squared difference of the logits from ``model``'s on ``batches``.
+    ``logits_alone(name, bits)`` is the logits on ``batches`` with only that layer's weights
+    quantized at ``bits``; the error is their mean squared difference from ``model``'s.
     """
     model.eval()
     reference = torch.cat([model(batch) for batch in batches])
-    counts = {name: m.weight.numel() for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    counts = {name: model.get_submodule(name).weight.numel() for name in layers}
     errors = {}
     for width in widths:
         for name in counts:
-            quantized = quantize_alone(name, width)
-            errors[name, width] = float((torch.cat([quantized(batch) for batch in batches]) - reference).pow(2).mean())
+            errors[name, width] = float((logits_alone(name, width) - reference).pow(2).mean())
     return greedy_assignment(counts, errors, widths, average_bits)

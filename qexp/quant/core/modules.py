@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qexp.quant.affine import quant_range
-from qexp.quant.observers import Observer
+from qexp.quant.core.affine import quant_range
+from qexp.quant.core.observers import Observer
 
 
 class Mode(str, Enum):
@@ -93,6 +93,32 @@ class QuantLayer(nn.Module):
         if isinstance(self.layer, nn.Conv2d):
             return self.layer._conv_forward(x, weight, self.layer.bias)
         return F.linear(x, weight, self.layer.bias)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the conv and linear layers, the ones a ``QuantLayer`` wraps, in module order."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def layer_bits(model: nn.Module) -> dict[str, list[int]]:
+    """Each ``QuantLayer``'s ``[weight bits, input bits]`` by name; empty for a model without them."""
+    return {
+        name: [m.weight_quantizer.bits, m.input_quantizer.bits]
+        for name, m in model.named_modules()
+        if isinstance(m, QuantLayer)
+    }
+
+
+def swap_module(model: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
+    """Put ``replacement`` where the submodule ``name`` of ``model`` is; return the module that was there.
+
+    Swapping the original back undoes it: quantizers are inserted, and stand-ins tried, this way.
+    """
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    original = getattr(parent, attr)
+    setattr(parent, attr, replacement)
+    return original
 
 
 class QuantAdd(nn.Module):

@@ -15,6 +15,8 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from qexp.quant.core.modules import swap_module
+
 
 def fold_conv_bn_weights(
     weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm
@@ -63,6 +65,5 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             weight, bias = fold_conv_bn_weights(conv.weight, conv.bias, bn)
             conv.weight.copy_(weight)
             conv.bias = nn.Parameter(bias)
-            parent_name, _, attr = bn_name.rpartition(".")
-            setattr(folded.get_submodule(parent_name), attr, nn.Identity())
+            swap_module(folded, bn_name, nn.Identity())
     return folded

@@ -36,9 +36,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from qexp.quant.affine import MIN_SCALE, along, fake_quantize
-from qexp.quant.capture import keep_input, keep_output, record
-from qexp.quant.modules import FakeQuantize, QuantAdd, QuantLayer, quantizers
+from qexp.errors import QexpError
+from qexp.quant.core.affine import MIN_SCALE, along, fake_quantize
+from qexp.quant.core.capture import keep_input, keep_output, record
+from qexp.quant.core.modules import FakeQuantize, QuantAdd, QuantLayer, quantizers, swap_module
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class ReconstructionConfig:
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
-            raise ValueError(f"quant.reconstruct={self.unit!r} is not known; expected one of {UNITS} or null.")
+            raise QexpError(f"quant.reconstruct={self.unit!r} is not known; expected one of {UNITS} or null.")
         checks = {
             "steps": self.steps >= 1,
             "batch_size": self.batch_size >= 1,
@@ -136,7 +137,7 @@ class ReconstructionConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(
+                raise QexpError(
                     f"quant.reconstruction.{name}={getattr(self, name)!r} is out of range; expected steps and "
                     "batch_size >= 1, lr > 0, scale_lr and regularization >= 0, drop and warmup in [0, 1)."
                 )
@@ -154,14 +155,6 @@ def units(model: nn.Module, unit: str) -> list[str]:
     inside = {layer for layer in layers for block in blocks if layer.startswith(block + ".")}
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     return sorted(blocks + [layer for layer in layers if layer not in inside], key=order.__getitem__)
-
-
-def _swap(unit: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
-    parent_name, _, attr = name.rpartition(".")
-    parent = unit.get_submodule(parent_name)
-    original = getattr(parent, attr)
-    setattr(parent, attr, replacement)
-    return original
 
 
 def _fit(
@@ -236,7 +229,7 @@ def reconstruct_unit(
     for name, adaround in rounding.items():
         layers[name].weight_quantizer = adaround
     for name, (stand_in, _) in learned.items():
-        _swap(unit, name, stand_in)
+        swap_module(unit, name, stand_in)
     unit.train()
     scales = [stand_in.scale for stand_in, _ in learned.values()]
     _fit(unit, inputs, float_inputs if config.drop > 0 else None, targets, config, list(rounding.values()), scales, bar)
@@ -248,7 +241,7 @@ def reconstruct_unit(
             layers[name].weight_quantizer = originals[name]
         for name, (stand_in, original) in learned.items():
             original.scale = stand_in.scale.detach().clamp(min=MIN_SCALE).clone()
-            _swap(unit, name, original)
+            swap_module(unit, name, original)
     return before, _error(unit, inputs, targets)
 
 

@@ -2,8 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from qexp.quant.export import serialized_bytes
-from qexp.quant.torch_ptq import Unsupported, check_converted, quantize_int8, to_float16
+from qexp.errors import QexpError
+from qexp.quant.export.packed import serialized_bytes
+from qexp.quant.pytorch.fx import check_converted, check_supported, int8_qconfig_mapping, quantize_int8
+from qexp.quant.unsupported import Unsupported
 
 
 @pytest.mark.parametrize("observer", ["minmax", "mse"])
@@ -31,11 +33,13 @@ def test_check_converted_catches_float_layers():
         check_converted(nn.Sequential(nn.Conv2d(3, 3, 1)))
 
 
-def test_float16_model_takes_float32_and_is_close(model_and_data):
-    model, _, test = model_and_data
-    half = to_float16(model)
-    assert next(half.parameters()).dtype == torch.float16
-    with torch.no_grad():
-        out = half(test)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, model(test).detach(), atol=0.05, rtol=0.01)
+def test_support_is_int8_and_float16_with_pytorchs_observers():
+    check_supported((8, 8), "mse", "per_tensor")
+    check_supported((16, 16), "percentile", "per_channel")  # float16: nothing is observed
+    for bits in ((4, 4), (8, 16), (2, 2)):
+        with pytest.raises(Unsupported, match=f"W{bits[0]}A{bits[1]}: torch.ao.quantization offers int8"):
+            check_supported(bits, "minmax", "per_channel")
+    with pytest.raises(Unsupported, match="observer='percentile' has no counterpart"):
+        check_supported((8, 8), "percentile", "per_channel")
+    with pytest.raises(QexpError, match=r"quant.granularity='per_group'"):
+        int8_qconfig_mapping("minmax", "per_group")

@@ -22,10 +22,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qexp.quant.affine import choose_qparams, fake_quantize, quant_range
+from qexp.errors import QexpError
+from qexp.quant.core.affine import choose_qparams, fake_quantize, quant_range
 
 HISTOGRAM_BINS = 2048
 MSE_CANDIDATES = 100
+# Of a weight: one range per output channel (an observer with axis=0), or one for the whole tensor.
+GRANULARITIES = ("per_channel", "per_tensor")
 
 
 # --- range choice: pure functions of a (values, counts) distribution, one row per channel -----
@@ -190,7 +193,7 @@ class PercentileObserver(DistributionObserver):
     ) -> None:
         super().__init__(bits, symmetric, axis, bins)
         if not 50 < percentile <= 100:
-            raise ValueError(f"percentile={percentile!r} is out of range; expected a value in (50, 100].")
+            raise QexpError(f"percentile={percentile!r} is out of range; expected a value in (50, 100].")
         self.percentile = percentile
 
     def clip_range(self) -> tuple[Tensor, Tensor]:

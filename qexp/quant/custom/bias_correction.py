@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from qexp.quant.capture import keep_channel_means, record
-from qexp.quant.modules import QuantLayer
+from qexp.quant.core.capture import keep_channel_means, record
+from qexp.quant.core.modules import QuantLayer
 
 
 @torch.no_grad()

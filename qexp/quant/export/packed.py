@@ -19,8 +19,8 @@ import io
 import torch
 from torch import Tensor, nn
 
-from qexp.quant.affine import pack, quantize, storage_bits, unpack
-from qexp.quant.modules import QuantLayer, quantizers
+from qexp.quant.core.affine import pack, quantize, storage_bits, unpack
+from qexp.quant.core.modules import QuantLayer, quantizers
 
 STORAGE_DTYPES = {2: torch.uint8, 4: torch.uint8, 8: torch.int8, 16: torch.int16}
 

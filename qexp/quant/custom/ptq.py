@@ -10,7 +10,8 @@
    scale and zero point; the model switches to fake-quantized inference.
 
 Options that recover low-bit accuracy slot in around these steps: cross-layer equalization
-(``equalize.py``) between 1 and 2, learned rounding (``reconstruct.py``) and bias correction
+(``equalize.py``) and mixed precision (``mixed.py``, which chooses each layer's weight width)
+between 1 and 2, learned rounding (``reconstruct.py``) and bias correction
 (``bias_correction.py``) after 4. All of them see calibration images only.
 """
 
@@ -18,29 +19,45 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import Tensor, nn
 
+from qexp.errors import QexpError
 from qexp.models.resnet import Add
-from qexp.quant.affine import check_bits
-from qexp.quant.bias_correction import correct_bias
-from qexp.quant.equalize import equalize_blocks
-from qexp.quant.fold import fold_batchnorm
-from qexp.quant.mixed import assign_bits
-from qexp.quant.modules import FakeQuantize, Mode, QuantAdd, QuantLayer, quantizers, set_mode
-from qexp.quant.observers import OBSERVERS, PercentileObserver
-from qexp.quant.reconstruct import ReconstructionConfig, reconstruct
+from qexp.quant.core.affine import check_bits
+from qexp.quant.core.calibration import EMPTY_CALIBRATION
+from qexp.quant.core.fold import fold_batchnorm
+from qexp.quant.core.modules import (
+    FakeQuantize,
+    Mode,
+    QuantAdd,
+    QuantLayer,
+    layer_names,
+    quantizers,
+    set_mode,
+    swap_module,
+)
+from qexp.quant.core.observers import GRANULARITIES, OBSERVERS, PercentileObserver
+from qexp.quant.custom.bias_correction import correct_bias
+from qexp.quant.custom.equalize import equalize_blocks
+from qexp.quant.custom.mixed import assign_bits, check_average_bits
+from qexp.quant.custom.reconstruct import ReconstructionConfig, reconstruct
 
-GRANULARITIES = ("per_channel", "per_tensor")
-EMPTY_CALIBRATION = "the calibration set is empty; expected at least one calibration image (data.calib_size)."
+# A mixed-precision probe measures one layer's weight width; its input is quantized too, at a
+# width that barely rounds, so that the probe runs the same QuantLayer as the final model.
+PROBE_INPUT_BITS = 16
 
 
 @dataclass(frozen=True)
 class PTQConfig:
-    """What to quantize how. ``first_last_bits=None`` keeps the first conv and last linear at ``w_bits``/``a_bits``."""
+    """What the user asks for. ``first_last_bits=None`` keeps the first conv and last linear at ``w_bits``/``a_bits``.
+
+    The per-layer weight widths that mixed precision computes from ``average_bits`` are the plan,
+    not the request: ``quantize_model`` hands them to ``insert_quantizers`` as ``weight_bits``.
+    """
 
     w_bits: int
     a_bits: int
@@ -53,7 +70,6 @@ class PTQConfig:
     reconstruction: ReconstructionConfig | None = None
     average_bits: float | None = None  # mixed precision: weight widths chosen per layer to fit this average
     mixed_widths: tuple[int, ...] = (8, 4, 2)
-    layer_bits: Mapping[str, int] = field(default_factory=dict)  # weight width per layer, overriding w_bits
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "quant.w_bits")
@@ -62,22 +78,17 @@ class PTQConfig:
             check_bits(self.first_last_bits, "quant.first_last_bits")
         for bits in self.mixed_widths:
             check_bits(bits, "quant.mixed_widths")
-        for name, bits in self.layer_bits.items():
-            check_bits(bits, f"quant.layer_bits.{name}")
         if self.average_bits is not None and self.first_last_bits is not None:
-            raise ValueError(
+            raise QexpError(
                 f"quant.average_bits={self.average_bits} and quant.first_last_bits={self.first_last_bits} cannot be "
                 "combined: mixed precision chooses the first and last layers' widths too; set one of them to null."
             )
-        if self.average_bits is not None and not min(self.mixed_widths) <= self.average_bits:
-            raise ValueError(
-                f"quant.average_bits={self.average_bits} is below the narrowest of quant.mixed_widths="
-                f"{list(self.mixed_widths)}; expected at least {min(self.mixed_widths)}."
-            )
+        if self.average_bits is not None:
+            check_average_bits(self.average_bits, self.mixed_widths)
         if self.observer not in OBSERVERS:
-            raise ValueError(f"observer={self.observer!r} is not known; expected one of {sorted(OBSERVERS)}.")
+            raise QexpError(f"observer={self.observer!r} is not known; expected one of {sorted(OBSERVERS)}.")
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"quant.granularity={self.granularity!r} is not known; expected one of {GRANULARITIES}.")
+            raise QexpError(f"quant.granularity={self.granularity!r} is not known; expected one of {GRANULARITIES}.")
 
     def make_quantizer(self, bits: int, weight: bool) -> FakeQuantize:
         axis = 0 if weight and self.granularity == "per_channel" else None
@@ -87,16 +98,18 @@ class PTQConfig:
         return FakeQuantize(observer_class(bits, symmetric=weight, axis=axis))
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    """Names of the conv and linear layers, in module order."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-
-
-def insert_quantizers(model: nn.Module, config: PTQConfig, only: Collection[str] | None = None) -> nn.Module:
+def insert_quantizers(
+    model: nn.Module,
+    config: PTQConfig,
+    only: Collection[str] | None = None,
+    weight_bits: Mapping[str, int] | None = None,
+) -> nn.Module:
     """Swap layers and adds for their quantized wrappers, in place; returns ``model``.
 
     ``only`` names the layers to quantize (adds then stay float): a per-layer sensitivity study.
+    ``weight_bits`` (mixed precision's plan) gives layers a weight width other than ``config.w_bits``.
     """
+    weight_bits = weight_bits or {}
     layers = layer_names(model)
     edge_layers = {layers[0], layers[-1]} if config.first_last_bits is not None else set()
     if only is not None:
@@ -105,16 +118,14 @@ def insert_quantizers(model: nn.Module, config: PTQConfig, only: Collection[str]
             raise ValueError(f"layers {sorted(unknown)} are not layers of the model; expected any of {layers}.")
         layers = [name for name in layers if name in only]
     for name, module in list(model.named_modules()):
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
         if name in layers:
-            w_bits = config.first_last_bits if name in edge_layers else config.layer_bits.get(name, config.w_bits)
+            w_bits = config.first_last_bits if name in edge_layers else weight_bits.get(name, config.w_bits)
             a_bits = config.first_last_bits if name in edge_layers else config.a_bits
             wrapped = QuantLayer(module, config.make_quantizer(w_bits, True), config.make_quantizer(a_bits, False))
-            setattr(parent, attr, wrapped)
+            swap_module(model, name, wrapped)
         elif isinstance(module, Add) and only is None:
             quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits, False) for _ in range(2))
-            setattr(parent, attr, QuantAdd(quantizer_a, quantizer_b))
+            swap_module(model, name, QuantAdd(quantizer_a, quantizer_b))
     return model
 
 
@@ -143,18 +154,31 @@ def freeze(model: nn.Module) -> None:
     set_mode(model, weights=Mode.QUANTIZE, activations=Mode.QUANTIZE)
 
 
-def choose_layer_bits(model: nn.Module, config: PTQConfig, batches: list[Tensor]) -> dict[str, int]:
-    """Per-layer weight widths within ``config.average_bits`` (``mixed.py``).
+def choose_layer_bits(
+    model: nn.Module, reference: nn.Module, config: PTQConfig, batches: list[Tensor]
+) -> dict[str, int]:
+    """Per-layer weight widths within ``config.average_bits`` (``mixed.py``), measured against ``model``'s logits.
 
-    Each probe quantizes one layer's weights with this config's observer, granularity and
-    equalization, and nothing else: no activation quantization, reconstruction or bias correction.
+    ``reference`` is ``model`` BatchNorm-folded (and equalized when ``config.equalize``), made once
+    for every probe. A probe wraps one of its layers in place -- weights at the width in question
+    with this config's observer and granularity, input at ``PROBE_INPUT_BITS`` -- calibrates it,
+    takes the logits and swaps the float layer back: no other layer, add, reconstruction or bias
+    correction is involved, and ``reference`` is left as it was.
     """
-    alone = replace(config, a_bits=16, average_bits=None, layer_bits={}, reconstruction=None, bias_correction=False)
 
-    def quantize_alone(name: str, bits: int) -> nn.Module:
-        return quantize_model(model, replace(alone, w_bits=bits), batches, only=[name])[0]
+    @torch.no_grad()
+    def logits_alone(name: str, bits: int) -> Tensor:
+        layer = reference.get_submodule(name)
+        probe = QuantLayer(layer, config.make_quantizer(bits, True), config.make_quantizer(PROBE_INPUT_BITS, False))
+        swap_module(reference, name, probe)
+        try:
+            calibrate(reference, batches)
+            freeze(reference)
+            return torch.cat([reference(batch) for batch in batches])
+        finally:
+            swap_module(reference, name, layer)
 
-    return assign_bits(model, batches, config.mixed_widths, config.average_bits, quantize_alone)
+    return assign_bits(model, batches, layer_names(model), config.mixed_widths, config.average_bits, logits_alone)
 
 
 def quantize_model(
@@ -162,12 +186,11 @@ def quantize_model(
 ) -> tuple[nn.Module, int]:
     """A fake-quantized copy of ``model`` and the number of calibration images it saw."""
     batches = list(calibration_batches)
-    if config.average_bits is not None:
-        config = replace(config, layer_bits=choose_layer_bits(model, config, batches))
     reference = fold_batchnorm(model)
     if config.equalize:
         equalize_blocks(reference)
-    quantized = insert_quantizers(copy.deepcopy(reference), config, only)
+    weight_bits = None if config.average_bits is None else choose_layer_bits(model, reference, config, batches)
+    quantized = insert_quantizers(copy.deepcopy(reference), config, only, weight_bits)
     images = calibrate(quantized, batches)
     freeze(quantized)
     if config.reconstruction is not None:

@@ -1,0 +1,23 @@
+"""Quantization of a trained model: the public API that the entry points use (see ``api.py``)."""
+
+from qexp.quant.api import Quantized, check_supported, ptq_config, quantize, recovery
+from qexp.quant.core.affine import check_bits
+from qexp.quant.core.modules import layer_bits, layer_names
+from qexp.quant.custom.ptq import PTQConfig, quantize_model
+from qexp.quant.export.packed import serialized_bytes
+from qexp.quant.unsupported import Unsupported
+
+__all__ = [
+    "PTQConfig",
+    "Quantized",
+    "Unsupported",
+    "check_bits",
+    "check_supported",
+    "layer_bits",
+    "layer_names",
+    "ptq_config",
+    "quantize",
+    "quantize_model",
+    "recovery",
+    "serialized_bytes",
+]

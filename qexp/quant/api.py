@@ -1,0 +1,136 @@
+"""The one quantization API that the entry points call: check a cell, quantize a model, describe it.
+
+A cell is ``quant`` (``conf/quant/*.yaml`` after Hydra composed it): ``method`` none, custom_ptq
+(ours, ``custom/``) or torch_ptq (PyTorch's, ``pytorch/``, ``flow`` fx or pt2e), the widths, the
+observer and the recovery options. ``check_supported`` turns a cell away before any work;
+``quantize`` returns the quantized model with its stored size and what went into it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from qexp.data import CIFAR10DataModule, normalize
+from qexp.errors import QexpError
+from qexp.evaluate import top1
+from qexp.quant.core.affine import check_bits
+from qexp.quant.custom.ptq import PTQConfig, quantize_model
+from qexp.quant.custom.reconstruct import ReconstructionConfig
+from qexp.quant.export.packed import integer_export, serialized_bytes
+from qexp.quant.pytorch import fx, pt2e
+from qexp.quant.pytorch.float16 import FP16_REASON, to_float16
+
+METHODS = ("none", "custom_ptq", "torch_ptq")
+FLOWS = ("fx", "pt2e")
+
+
+class Quantized(NamedTuple):
+    """A quantized model and what ``result.json`` reports of it: stored size, calibration images, a note."""
+
+    model: nn.Module
+    size_bytes: int
+    calib_images: int
+    note: str
+    extra: dict[str, Any] | None = None  # method-specific fields for result.json
+    observed: bool = True  # False: nothing was observed (a cast), so the cell has no observer
+
+
+def check_supported(quant: DictConfig) -> None:
+    """Turn a cell away before any work: ``QexpError`` for what qexp does not know, ``Unsupported`` for what it lacks.
+
+    Checks the method, the widths and, for PyTorch's PTQ, the flow and what that flow offers. Our
+    PTQ's other settings are checked when ``ptq_config`` builds them.
+    """
+    if quant.method not in METHODS:
+        raise QexpError(f"quant.method={quant.method!r} is not known; expected one of {METHODS}.")
+    if quant.method == "none":
+        return
+    check_bits(quant.w_bits, "quant.w_bits")
+    check_bits(quant.a_bits, "quant.a_bits")
+    if quant.method != "torch_ptq":
+        return
+    if quant.flow not in FLOWS:
+        raise QexpError(f"quant.flow={quant.flow!r} is not known; expected one of {FLOWS}.")
+    flow = pt2e if quant.flow == "pt2e" else fx
+    flow.check_supported((quant.w_bits, quant.a_bits), quant.observer, quant.granularity)
+
+
+def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> Quantized:
+    """The quantized model for ``quant.method``, its stored size and what went into it.
+
+    ``check_supported(quant)`` has already turned away what cannot be done. Calibration uses
+    ``datamodule``'s calibration images (training data); pt2e also reads the test split, for the
+    top-1 of its reference graph and an example batch to compile with.
+    """
+    batches = datamodule.calibration_batches(torch.device("cpu"))
+    if quant.method == "none":
+        return Quantized(model, serialized_bytes(model), 0, "fp32 reference")
+    if quant.method == "custom_ptq":
+        quantized, images = quantize_model(model, ptq_config(quant), batches)
+        return Quantized(quantized, serialized_bytes(integer_export(quantized)), images, "")
+    if quant.get("flow") == "pt2e":
+        return quantize_with_pt2e(model, quant, datamodule)
+    if (quant.w_bits, quant.a_bits) == (8, 8):
+        quantized, images = fx.quantize_int8(model, batches, quant.observer, quant.granularity)
+        return Quantized(quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend")
+    half = to_float16(model)
+    return Quantized(half, serialized_bytes(half), 0, FP16_REASON, observed=False)
+
+
+def quantize_with_pt2e(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> Quantized:
+    """pt2e int8: the lowered model, plus the reference graph's top-1 and the time each stage took."""
+    start = time.perf_counter()
+    converted, images = pt2e.quantize_pt2e(model, datamodule.calibration_batches(torch.device("cpu")), quant.observer)
+    prepared = time.perf_counter()
+    test = datamodule.splits["test"]
+    example = normalize(test.images[: datamodule.eval_batch_size])
+    lowered = pt2e.lower(converted, example)
+    extra = {
+        "export_calibrate_convert_seconds": round(prepared - start, 2),
+        "compile_seconds": round(time.perf_counter() - prepared, 2),
+        "pt2e_reference_top1": top1(pt2e.Graph(converted), test, normalize, datamodule.eval_batch_size),
+    }
+    note = "pt2e static int8 (X86InductorQuantizer), lowered by torch.compile with freezing"
+    return Quantized(lowered, serialized_bytes(pt2e.used_state(converted)), images, note, extra)
+
+
+def ptq_config(quant: DictConfig) -> PTQConfig:
+    """Our PTQ's settings from ``conf/quant/custom_ptq.yaml``; ``QexpError`` for a value it cannot use."""
+    reconstruction = None
+    if quant.reconstruct:
+        reconstruction = ReconstructionConfig(unit=quant.reconstruct, **quant.reconstruction)
+    return PTQConfig(
+        w_bits=quant.w_bits,
+        a_bits=quant.a_bits,
+        observer=quant.observer,
+        granularity=quant.granularity,
+        first_last_bits=quant.first_last_bits,
+        percentile=quant.percentile,
+        equalize=quant.equalize,
+        bias_correction=quant.bias_correction,
+        reconstruction=reconstruction,
+        average_bits=quant.average_bits,
+        mixed_widths=tuple(quant.mixed_widths),
+    )
+
+
+def recovery(quant: DictConfig) -> str | None:
+    """What a custom-PTQ cell adds to round-to-nearest, e.g. ``"CLE + BRECQ+LSQ+QDrop 2000 steps"``; None: nothing."""
+    parts = []
+    if quant.get("equalize"):
+        parts.append("CLE")
+    if quant.get("reconstruct"):
+        name = {"layer": "AdaRound", "block": "BRECQ"}.get(quant.reconstruct, quant.reconstruct)
+        if quant.reconstruction.scale_lr > 0:
+            name += "+LSQ"
+        if quant.reconstruction.drop > 0:
+            name += "+QDrop"
+        parts.append(f"{name} {quant.reconstruction.steps} steps")
+    if quant.get("bias_correction"):
+        parts.append("bias corr.")
+    return " + ".join(parts) or None

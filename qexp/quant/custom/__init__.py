@@ -1,0 +1,1 @@
+"""Our PTQ (``quant=custom_ptq``) and the steps that recover low-bit accuracy around it."""

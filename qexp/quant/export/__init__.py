@@ -1,0 +1,1 @@
+"""What a deployment stores: the integer export of our PTQ, and the size of any model as stored."""

@@ -1,0 +1,53 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from qexp.models import resnet20
+from qexp.quant.core.affine import choose_qparams, fake_quantize, quant_range
+from qexp.quant.core.modules import fused_fake_quantize, layer_bits, layer_names, quantizers, swap_module
+from qexp.quant.custom.ptq import PTQConfig, quantize_model
+from tests.test_affine import bits_st, finite, ranges
+
+
+@settings(max_examples=100, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), bounds=ranges(), values=st.lists(finite, min_size=1, max_size=30))
+def test_fused_kernel_agrees_with_the_reference_within_one_step(bits, symmetric, bounds, values):
+    scale, zero_point = choose_qparams(*bounds, bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric)
+    x = torch.tensor(values)
+    reference = fake_quantize(x, scale, zero_point, qmin, qmax)
+    fused = fused_fake_quantize(x, scale, zero_point, qmin, qmax)
+    assert ((fused - reference).abs() <= scale * (1 + 1e-4)).all()
+
+
+def test_quantizers_are_told_apart_by_role(model_and_data):
+    model, calibration, _ = model_and_data
+    quantized, _ = quantize_model(model, PTQConfig(4, 8), calibration)
+    weights, activations = quantizers(quantized, "weight"), quantizers(quantized, "activation")
+    assert len(weights) == 20 and len(activations) == 38
+    assert {q.bits for q in weights.values()} == {4} and {q.bits for q in activations.values()} == {8}
+    with pytest.raises(ValueError, match="kind='weights'"):
+        quantizers(quantized, "weights")
+
+
+def test_layer_names_and_bits_follow_module_order(model_and_data):
+    model, calibration, _ = model_and_data
+    names = layer_names(model)
+    assert len(names) == 20 and names[0] == "conv1" and names[-1] == "fc"
+    quantized, _ = quantize_model(model, PTQConfig(2, 4, first_last_bits=8), calibration)
+    bits = layer_bits(quantized)
+    assert list(bits) == names and bits["conv1"] == bits["fc"] == [8, 8] and bits["layer1.0.conv1"] == [2, 4]
+    assert layer_bits(model) == {}
+
+
+def test_swap_module_returns_what_it_replaced_and_swaps_back():
+    model = resnet20()
+    original = model.layer2[1].conv1
+    replacement = nn.Identity()
+    assert swap_module(model, "layer2.1.conv1", replacement) is original
+    assert model.layer2[1].conv1 is replacement
+    assert swap_module(model, "layer2.1.conv1", original) is replacement and model.layer2[1].conv1 is original
+    top = model.fc
+    assert swap_module(model, "fc", nn.Identity()) is top
