@@ -6,8 +6,10 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 
 def git_commit() -> str:
@@ -39,6 +41,26 @@ def portable_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def portable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain data, every path inside the working directory written relative to it.
+
+    Hydra resolves output directories to absolute paths; those name one machine's checkout and mean
+    nothing in a committed result or weight file.
+    """
+    checkout = str(Path.cwd().resolve()) + "/"
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(checkout, "")
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        return value
+
+    return relative(OmegaConf.to_container(cfg, resolve=True))
 
 
 def hardware() -> str:

@@ -2,7 +2,10 @@
 
 Glue only. Every run -- including one that fails or asks for something PyTorch cannot do --
 writes one complete ``result.json`` (status ``ok``, ``unsupported`` or ``failed``) into its Hydra
-output directory, so a multirun sweep always finishes and the report sees every cell.
+output directory, so a multirun sweep always finishes and the report sees every cell. A cell
+whose ``result.json`` is already ``ok`` for the same config and checkpoint is not run again
+(``redo=true`` forces it), so a killed sweep re-run into the same directory loses at most the
+cell in flight.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from qexp.atomic import write_atomically
+from qexp.cache import cached_reference, cell_key, finished_result
 from qexp.data import normalize
 from qexp.errors import EXIT_USER_ERROR, QexpError
 from qexp.evaluate import top1
-from qexp.provenance import git_commit, hardware, versions
+from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.quant import Unsupported, check_supported, layer_bits, quantize, recovery, serialized_bytes
 from qexp.weights import checkpoint_path, load_trained
 
@@ -38,6 +42,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     quant = cfg.quant
     checkpoint = checkpoint_path(cfg.checkpoint)
+    path = Path(cfg.output_dir) / "result.json"
+    key = cell_key(cfg, checkpoint)
+    done = None if cfg.redo else finished_result(path, key)
+    if done is not None:
+        log.info("%s is done for this config and checkpoint; not run again (redo=true runs it)", path)
+        return done
     result: dict[str, Any] = {
         "quant": quant.method,
         "bits": cfg.bits,
@@ -57,7 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "fp32_size_bytes": None,
         "calib_images": 0,
         "seconds": None,
-        "checkpoint": str(checkpoint),
+        "checkpoint": portable_path(checkpoint),
         "data": cfg.data.get("label") or cfg.data.source,  # known even when nothing is evaluated
     }
     if quant.method == "none":
@@ -67,8 +77,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model, meta, datamodule = load_trained(cfg, checkpoint)
         test = datamodule.splits["test"]
         result["checkpoint_test_top1"] = meta.get("test_top1")
-        result["fp32_top1"] = top1(model, test, normalize, datamodule.eval_batch_size)
-        result["fp32_size_bytes"] = serialized_bytes(model)
+        result.update(
+            cached_reference(
+                Path(cfg.cache_dir),
+                checkpoint,
+                test,
+                datamodule.eval_batch_size,
+                lambda: {
+                    "fp32_top1": top1(model, test, normalize, datamodule.eval_batch_size),
+                    "fp32_size_bytes": serialized_bytes(model),
+                },
+            )
+        )
         quantized = quantize(model, quant, datamodule)
         if not quantized.observed:
             result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
@@ -88,13 +108,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result["seconds"] = round(time.perf_counter() - start, 2)
     result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result.update(
-        config=OmegaConf.to_container(cfg, resolve=True),
+        cell_key=key,
+        config=portable_config(cfg),
         git=git_commit(),
         versions=versions(),
         hardware=hardware(),
         threads=torch.get_num_threads(),
     )
-    write_result(Path(cfg.output_dir) / "result.json", result)
+    write_result(path, result)
     return result
 
 

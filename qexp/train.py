@@ -26,7 +26,7 @@ from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import exit_on_user_error
 from qexp.evaluate import flip_averaged_top1, standard_error, top1
 from qexp.module import Classifier
-from qexp.provenance import git_commit, hardware, portable_path, versions
+from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.weights import arch_name, load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -71,16 +71,6 @@ def load_teacher(teacher_cfg: DictConfig | None) -> tuple[nn.Module | None, dict
         "flip_average": teacher_cfg.flip_average,
     }
     return teacher, summary
-
-
-def portable_config(cfg: DictConfig) -> str:
-    """The resolved config as YAML, with every path inside the project written relative to it.
-
-    Hydra resolves ``output_dir`` (and with it ``export_path``) to absolute paths; those name one
-    machine's checkout and mean nothing in a committed weight file.
-    """
-    checkout = str(Path.cwd().resolve()) + "/"
-    return OmegaConf.to_yaml(cfg, resolve=True).replace(checkout, "")
 
 
 def measure_exported(network: nn.Module, datamodule: CIFAR10DataModule) -> dict[str, Any]:
@@ -162,7 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "train_seconds": round(clock.seconds, 1),
         "command": "python -m qexp.train " + " ".join(sys.argv[1:]),
-        "config": portable_config(cfg),
+        "config": OmegaConf.to_yaml(portable_config(cfg)),
         **measure_exported(network, datamodule),
         "hardware": hardware(),
         "versions": versions(),

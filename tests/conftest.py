@@ -33,6 +33,8 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
         GlobalHydra.instance().clear()
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)
+        if "cache_dir" in cfg:
+            cfg.cache_dir = str(output_dir / "cache")
     return cfg
 
 

@@ -15,7 +15,7 @@ FIELDS = {
 def test_design_card_sweep_runs_through_the_real_entry_point(tmp_path: Path, weights_file: Path):
     result = run_module(
         "qexp.quantize", "-m", "data=synthetic", f"checkpoint={weights_file}", "quant=custom_ptq,torch_ptq",
-        "bits=2,8", "observer=minmax,percentile", f"hydra.sweep.dir={tmp_path}",
+        "bits=2,8", "observer=minmax,percentile", f"hydra.sweep.dir={tmp_path}", f"cache_dir={tmp_path}/cache",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     cells = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/result.json"))]
@@ -128,3 +128,42 @@ def test_a_user_error_is_its_message_alone(compose_in, weights_file: Path, caplo
     assert result["status"] == "failed"
     assert result["reason"] == "quant.method='qat' is not known; expected one of ('none', 'custom_ptq', 'torch_ptq')."
     assert "Traceback" not in caplog.text
+
+
+def test_a_finished_cell_is_skipped_and_a_stale_failed_or_forced_one_runs(compose_in, weights_file: Path, monkeypatch):
+    from qexp import quantize as entry
+
+    overrides = ["data=synthetic", f"checkpoint={weights_file}", "bits=8"]
+    first = run(compose_in("quantize", overrides))
+    assert first["status"] == "ok" and len(first["cell_key"]) == 64
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantize must not run for a finished cell")
+
+    monkeypatch.setattr(entry, "quantize", broken)
+    again = run(compose_in("quantize", overrides))
+    assert again == first  # read back, not recomputed
+    stale = run(compose_in("quantize", [*overrides, "observer=mse"]))  # another config in the same directory
+    assert stale["status"] == "failed" and "RuntimeError" in stale["reason"]
+    forced = run(compose_in("quantize", [*overrides, "redo=true"]))
+    assert forced["status"] == "failed"  # redo ran it (and met the broken quantize)
+    monkeypatch.undo()
+    redone = run(compose_in("quantize", overrides))  # the failed result.json is not a finished cell
+    assert redone["status"] == "ok" and redone["top1"] == first["top1"]
+
+
+def test_fp32_reference_is_measured_once_per_checkpoint_and_test_split(compose_in, weights_file: Path, tmp_path: Path):
+    first = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant=none"]))
+    (cache,) = (tmp_path / "cache").glob("fp32-*.json")
+    assert json.loads(cache.read_text())["fp32_top1"] == first["fp32_top1"]
+    cache.write_text(json.dumps({"fp32_top1": 42.0, "fp32_size_bytes": 7}))  # a planted value proves the read
+    second = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=8"]))
+    assert (second["fp32_top1"], second["fp32_size_bytes"]) == (42.0, 7)
+    other_test = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "data.seed=3", "bits=8"]))
+    assert other_test["fp32_top1"] != 42.0 and len(list((tmp_path / "cache").glob("fp32-*.json"))) == 2
+
+
+def test_results_hold_no_absolute_path_of_the_checkout(compose_in):
+    result = run(compose_in("quantize", ["data=synthetic", "quant=none"]))
+    assert result["checkpoint"] == "qexp/assets/resnet20_cifar10_jpeg.pt"
+    assert str(Path.cwd()) not in json.dumps(result["config"])

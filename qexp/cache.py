@@ -1,0 +1,71 @@
+"""What a sweep need not compute twice: a cell already finished, and the FP32 reference of a checkpoint.
+
+A cell's identity is a content hash of what decides its numbers -- the resolved config, minus
+where and how fast it runs, and the bytes of its checkpoint -- so re-running a sweep into the
+same directory skips the cells that are done and redoes failed, missing or stale ones (another
+checkpoint, another setting). The FP32 top-1 depends only on the checkpoint, the test images and
+the batch size, so one evaluation serves every cell of a grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from qexp.atomic import write_atomically
+from qexp.data import Split
+
+# Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo.
+RUN_ONLY_KEYS = ("output_dir", "threads", "redo", "cache_dir")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes; ``"missing"`` when it cannot be read (the cell then fails on its own)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
+    """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS``) and checkpoint bytes."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in RUN_ONLY_KEYS:
+        config.pop(key, None)
+    text = json.dumps(config, sort_keys=True, default=str) + file_digest(checkpoint)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def finished_result(path: Path, key: str) -> dict[str, Any] | None:
+    """The ``result.json`` at ``path`` when it is ``ok`` for the cell ``key``; None: the cell must run."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing or half-written by a killed run: run the cell
+        return None
+    if result.get("status") == "ok" and result.get("cell_key") == key:
+        return result
+    return None
+
+
+def cached_reference(
+    cache_dir: Path, checkpoint: Path, test: Split, batch_size: int, measure: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``measure()`` (the FP32 fields of a cell), computed once per checkpoint, test split and batch size."""
+    digest = hashlib.sha256()
+    digest.update(file_digest(checkpoint).encode())
+    digest.update(test.images.numpy().tobytes())
+    digest.update(test.labels.numpy().tobytes())
+    digest.update(str(batch_size).encode())
+    path = cache_dir / f"fp32-{digest.hexdigest()[:24]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    measured = measure()
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(measured)))
+    return measured
