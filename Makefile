@@ -15,6 +15,7 @@ RECOVERY ?= multirun/recovery
 REPORT ?= multirun_reports/resnet20_ptq
 # Extra overrides for every grid cell, e.g. ARGS=threads=1 while another job uses a core.
 ARGS ?=
+CELL_ARGS := $(ARGS)$(if $(REDO), redo=true,)
 
 .PHONY: venv data test demo grid recovery report teacher train proxies lint
 
@@ -40,25 +41,26 @@ test: venv
 
 # The full comparison grid on the shipped checkpoint (31 cells, 27 evaluated on the whole test split),
 # then the report.
+# Re-running resumes: cells already ok for the same config and checkpoint are skipped, stale or
+# failed ones are redone (REDO=1 recomputes everything).
 demo: venv data
-	rm -rf $(GRID)
 	$(MAKE) grid report
 
 grid:
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=none hydra.sweep.dir=$(GRID)/fp32 $(ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=none hydra.sweep.dir=$(GRID)/fp32 $(CELL_ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=2,4,8 observer=minmax,mse \
-		hydra.sweep.dir=$(GRID)/torch_int8 $(ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16 $(ARGS)
+		hydra.sweep.dir=$(GRID)/torch_int8 $(CELL_ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16 $(CELL_ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq quant.flow=pt2e bits=8 observer=minmax,mse \
-		hydra.sweep.dir=$(GRID)/torch_pt2e $(ARGS)
+		hydra.sweep.dir=$(GRID)/torch_pt2e $(CELL_ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4,8,16 observer=minmax,percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom $(ARGS)
+		hydra.sweep.dir=$(GRID)/custom $(CELL_ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4 quant.a_bits=8 observer=minmax,percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom_a8 $(ARGS)
+		hydra.sweep.dir=$(GRID)/custom_a8 $(CELL_ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=4 quant.first_last_bits=8 observer=percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom_fl8 $(ARGS)
+		hydra.sweep.dir=$(GRID)/custom_fl8 $(CELL_ARGS)
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2 quant.a_bits=8 quant.first_last_bits=8 \
-		observer=mse hydra.sweep.dir=$(GRID)/custom_a8_fl8 $(ARGS)
+		observer=mse hydra.sweep.dir=$(GRID)/custom_a8_fl8 $(CELL_ARGS)
 
 # Beyond round-to-nearest (README "Recovering 4 and 2 bits"): per-layer sensitivity, learned
 # rounding for the W4A4 and W2A4 goals (about 10 minutes a cell on 2 cores), equalization, bias
@@ -67,13 +69,13 @@ grid:
 Q := $(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq observer=mse
 recovery: venv data
 	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS)
-	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq $(ARGS)
-	$(Q) bits=2 quant.a_bits=4 hydra.sweep.dir=$(RECOVERY)/w2a4 $(ARGS)
-	$(Q) bits=4 quant.equalize=false,true quant.bias_correction=false,true hydra.sweep.dir=$(RECOVERY)/cle_bias $(ARGS)
-	$(Q) bits=8 quant.average_bits=3,4 hydra.sweep.dir=$(RECOVERY)/mixed $(ARGS)
-	$(Q) bits=2 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq_a2 $(ARGS)
+	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq $(CELL_ARGS)
+	$(Q) bits=2 quant.a_bits=4 hydra.sweep.dir=$(RECOVERY)/w2a4 $(CELL_ARGS)
+	$(Q) bits=4 quant.equalize=false,true quant.bias_correction=false,true hydra.sweep.dir=$(RECOVERY)/cle_bias $(CELL_ARGS)
+	$(Q) bits=8 quant.average_bits=3,4 hydra.sweep.dir=$(RECOVERY)/mixed $(CELL_ARGS)
+	$(Q) bits=2 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq_a2 $(CELL_ARGS)
 	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=layer quant.reconstruction.drop=0 \
-		quant.reconstruction.scale_lr=0 hydra.sweep.dir=$(RECOVERY)/adaround $(ARGS)
+		quant.reconstruction.scale_lr=0 hydra.sweep.dir=$(RECOVERY)/adaround $(CELL_ARGS)
 	$(MAKE) report
 
 report:
