@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from qexp.models import resnet20
-from qexp.quant.core.fold import conv_bn_pairs, fold_batchnorm
+from qexp.quant.core.fold import fold_batchnorm
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -24,26 +24,6 @@ def test_folded_resnet20_gives_the_same_logits():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
-
-
-def test_every_conv_of_resnet20_is_paired_with_its_batchnorm():
-    pairs = conv_bn_pairs(resnet20())
-    assert len(pairs) == 19
-    assert ("layer2.0.conv1", "layer2.0.bn1") in pairs
-
-
-def test_a_conv_whose_output_is_also_used_elsewhere_is_not_folded():
-    class Branching(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.bn = nn.BatchNorm2d(4)
-
-        def forward(self, x):
-            y = self.conv(x)
-            return self.bn(y) + y
-
-    assert conv_bn_pairs(Branching()) == []
 
 
 def test_batchnorm_without_affine_parameters_folds_too():

@@ -4,6 +4,7 @@ import torch
 from qexp.errors import QexpError
 from qexp.models.resnet import BasicBlock
 from qexp.quant.core.affine import fake_quantize
+from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
 from qexp.quant.custom.reconstruct import (
     LearnedStepActivation,
@@ -28,9 +29,15 @@ def test_adaround_helpers():
 
 def test_units_are_blocks_plus_the_layers_outside_them():
     quantized, _ = quantize_model(tiny_resnet(), PTQConfig(8, 8), batches(1))
-    assert units(quantized, "block") == ["conv1", "layer1.0", "layer2.0", "layer3.0", "fc"]
-    assert len(units(quantized, "layer")) == 8
-    assert all(isinstance(quantized.get_submodule(n), BasicBlock) for n in units(quantized, "block")[1:-1])
+    reference = fold_batchnorm(tiny_resnet())
+    assert units(quantized, reference, "block") == ["conv1", "layer1.0", "layer2.0", "layer3.0", "fc"]
+    assert len(units(quantized, reference, "layer")) == 8
+    assert all(isinstance(quantized.get_submodule(n), BasicBlock) for n in units(quantized, reference, "block")[1:-1])
+
+
+def test_with_only_some_layers_quantized_the_adds_stay_float_and_layers_are_units():
+    quantized, _ = quantize_model(tiny_resnet(), PTQConfig(8, 8), batches(1), only=["layer2.0.conv1", "fc"])
+    assert units(quantized, fold_batchnorm(tiny_resnet()), "block") == ["layer2.0.conv1", "fc"]
 
 
 @pytest.mark.parametrize(("granularity", "name"), [("layer", "layer2.0.conv2"), ("block", "layer2.0")])

@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.fx
 from torch import Tensor, nn
 
 from qexp.quant.core.modules import swap_module
+from qexp.quant.core.patterns import find_patterns
 
 
 def fold_conv_bn_weights(
@@ -31,36 +31,16 @@ def fold_conv_bn_weights(
     return folded_weight, folded_bias
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """Names of ``(conv, bn)`` module pairs where the BN's only input is the conv's output.
-
-    Found by tracing the model with ``torch.fx``, so the pairing follows the data flow rather
-    than attribute names; a convolution whose output also feeds something else is left alone.
-    """
-    graph = torch.fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in graph.nodes:
-        bn = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
-            continue  # a BN without running statistics normalises by batch and cannot be folded
-        source = node.args[0]
-        if (
-            isinstance(source, torch.fx.Node)
-            and source.op == "call_module"
-            and isinstance(modules[source.target], nn.Conv2d)
-            and len(source.users) == 1
-        ):
-            pairs.append((source.target, node.target))
-    return pairs
-
-
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with every foldable BN merged into its conv and replaced by Identity."""
+    """A copy of ``model`` (in eval mode) with every foldable BN merged into its conv and replaced by Identity.
+
+    Foldable: a BN with running statistics that reads only a convolution's output, which nothing
+    else reads (``find_patterns``); any other BN is left as it is.
+    """
     folded = copy.deepcopy(model).eval()
     modules = dict(folded.named_modules())
     with torch.no_grad():
-        for conv_name, bn_name in conv_bn_pairs(folded):
+        for conv_name, bn_name in find_patterns(folded).conv_bn:
             conv, bn = modules[conv_name], modules[bn_name]
             weight, bias = fold_conv_bn_weights(conv.weight, conv.bias, bn)
             conv.weight.copy_(weight)

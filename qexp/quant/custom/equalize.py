@@ -7,15 +7,20 @@ with ``r1_i`` the range of ``conv1``'s output channel ``i`` and ``r2_i`` that of
 channel ``i``, makes both ranges ``sqrt(r1_i r2_i)``: channels with a tiny range no longer waste a
 per-tensor grid sized for the largest one. It must run on the BatchNorm-folded model (the
 scaling has to reach the bias) and before any observer sees a weight. With per-channel weight
-grids ``conv1`` gains nothing, ``conv2`` still does.
+grids ``conv1`` gains nothing, ``conv2`` still does. The pairs are the consecutive convolutions
+on each residual block's branch (``find_patterns``) with nothing but ReLU between them -- and the
+Identity that folding leaves where a BatchNorm was.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from qexp.models.resnet import BasicBlock
+from qexp.quant.core.patterns import find_patterns
 
 
 def equalization_scales(first: Tensor, second: Tensor) -> Tensor:
@@ -40,11 +45,28 @@ def equalize_pair(first: nn.Conv2d, second: nn.Conv2d) -> Tensor:
     return scales
 
 
-def equalize_blocks(model: nn.Module) -> int:
-    """Equalize ``conv1 -> relu -> conv2`` in every basic block of a BN-folded ``model``; return how many."""
-    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
-    for block in blocks:
-        if not isinstance(block.bn1, nn.Identity):
+def branch_pairs(branch: Sequence[nn.Module]) -> list[tuple[nn.Conv2d, nn.Conv2d]]:
+    """The consecutive convolutions of a block's ``branch`` with only ReLU or Identity between them.
+
+    Those are the pairs ``relu(x / s) = relu(x) / s`` lets equalization rescale. A BatchNorm
+    between two convolutions would not pass the scaling on, so it is refused.
+    """
+    convs = [index for index, module in enumerate(branch) if isinstance(module, nn.Conv2d)]
+    pairs = []
+    for first, second in itertools.pairwise(convs):
+        between = branch[first + 1 : second]
+        if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in between):
             raise ValueError("cross-layer equalization needs a BatchNorm-folded model (fold_batchnorm first).")
-        equalize_pair(block.conv1, block.conv2)
-    return len(blocks)
+        if all(isinstance(module, nn.ReLU | nn.Identity) for module in between):
+            pairs.append((branch[first], branch[second]))
+    return pairs
+
+
+def equalize_blocks(model: nn.Module) -> int:
+    """Equalize every conv -> ReLU -> conv pair on a residual branch of a BN-folded ``model``; return how many."""
+    modules = dict(model.named_modules())
+    branches = [[modules[name] for name in block.branch] for block in find_patterns(model).blocks]
+    pairs = [pair for branch in branches for pair in branch_pairs(branch)]
+    for first, second in pairs:
+        equalize_pair(first, second)
+    return len(pairs)

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from qexp.errors import QexpError
-from qexp.models.resnet import Add
 from qexp.quant.core.affine import check_bits
 from qexp.quant.core.calibration import EMPTY_CALIBRATION
 from qexp.quant.core.fold import fold_batchnorm
@@ -41,6 +40,7 @@ from qexp.quant.core.modules import (
     swap_module,
 )
 from qexp.quant.core.observers import GRANULARITIES, OBSERVERS, PercentileObserver
+from qexp.quant.core.patterns import find_patterns
 from qexp.quant.custom.bias_correction import correct_bias
 from qexp.quant.custom.equalize import equalize_blocks
 from qexp.quant.custom.mixed import assign_bits, check_average_bits
@@ -104,7 +104,7 @@ def insert_quantizers(
     only: Collection[str] | None = None,
     weight_bits: Mapping[str, int] | None = None,
 ) -> nn.Module:
-    """Swap layers and adds for their quantized wrappers, in place; returns ``model``.
+    """Swap layers and residual adds (``find_patterns``) for their quantized wrappers, in place; returns ``model``.
 
     ``only`` names the layers to quantize (adds then stay float): a per-layer sensitivity study.
     ``weight_bits`` (mixed precision's plan) gives layers a weight width other than ``config.w_bits``.
@@ -117,15 +117,16 @@ def insert_quantizers(
         if unknown:
             raise ValueError(f"layers {sorted(unknown)} are not layers of the model; expected any of {layers}.")
         layers = [name for name in layers if name in only]
-    for name, module in list(model.named_modules()):
-        if name in layers:
-            w_bits = config.first_last_bits if name in edge_layers else weight_bits.get(name, config.w_bits)
-            a_bits = config.first_last_bits if name in edge_layers else config.a_bits
-            wrapped = QuantLayer(module, config.make_quantizer(w_bits, True), config.make_quantizer(a_bits, False))
-            swap_module(model, name, wrapped)
-        elif isinstance(module, Add) and only is None:
-            quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits, False) for _ in range(2))
-            swap_module(model, name, QuantAdd(quantizer_a, quantizer_b))
+    adds = find_patterns(model).adds if only is None else ()
+    for name in layers:
+        w_bits = config.first_last_bits if name in edge_layers else weight_bits.get(name, config.w_bits)
+        a_bits = config.first_last_bits if name in edge_layers else config.a_bits
+        layer = model.get_submodule(name)
+        wrapped = QuantLayer(layer, config.make_quantizer(w_bits, True), config.make_quantizer(a_bits, False))
+        swap_module(model, name, wrapped)
+    for name in adds:
+        quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits, False) for _ in range(2))
+        swap_module(model, name, QuantAdd(quantizer_a, quantizer_b))
     return model
 
 

@@ -40,6 +40,7 @@ from qexp.errors import QexpError
 from qexp.quant.core.affine import MIN_SCALE, along, fake_quantize
 from qexp.quant.core.capture import keep_input, keep_output, record
 from qexp.quant.core.modules import FakeQuantize, QuantAdd, QuantLayer, quantizers, swap_module
+from qexp.quant.core.patterns import find_patterns
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,22 @@ class ReconstructionConfig:
                 )
 
 
-def units(model: nn.Module, unit: str) -> list[str]:
+def units(quantized: nn.Module, reference: nn.Module, unit: str) -> list[str]:
     """Names of what is reconstructed, in forward order: layers, or residual blocks and the layers outside them.
 
-    A residual block is a module with a ``QuantAdd`` child.
+    Blocks are those of the float ``reference`` (``find_patterns``) whose add ``quantized`` quantizes:
+    when only some layers are quantized, the adds stay float and each such layer is a unit alone.
     """
-    layers = [name for name, m in model.named_modules() if isinstance(m, QuantLayer)]
+    layers = [name for name, m in quantized.named_modules() if isinstance(m, QuantLayer)]
     if unit == "layer":
         return layers
-    blocks = [name for name, m in model.named_modules() if any(isinstance(child, QuantAdd) for child in m.children())]
+    blocks = [
+        block.module
+        for block in find_patterns(reference).blocks
+        if isinstance(quantized.get_submodule(block.add), QuantAdd)
+    ]
     inside = {layer for layer in layers for block in blocks if layer.startswith(block + ".")}
-    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    order = {name: index for index, (name, _) in enumerate(quantized.named_modules())}
     return sorted(blocks + [layer for layer in layers if layer not in inside], key=order.__getitem__)
 
 
@@ -255,7 +261,7 @@ def reconstruct(
     dequantized integers, so the frozen quantizers, the export and the integer kernels see the
     learned rounding. Returns each unit's output error before and after.
     """
-    names = units(quantized, config.unit)
+    names = units(quantized, reference, config.unit)
     quantized.requires_grad_(False)
     errors = {}
     progress = tqdm(total=len(names) * config.steps, desc=f"reconstruct ({config.unit})", disable=None)
