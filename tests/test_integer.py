@@ -17,7 +17,7 @@ def test_integer_conv_matches_fake_quantization_within_one_step(signed_input, st
     if not signed_input:
         x = torch.relu(x)
     config = PTQConfig(8, 8)
-    layer = QuantLayer(conv, config.make_quantizer(8, True), config.make_quantizer(8, False))
+    layer = QuantLayer(conv, config.make_quantizer(8, conv.weight), config.make_quantizer(8))
     output = FakeQuantize(MinMaxObserver(8, symmetric=False))
     model = nn.Sequential(layer, output)
     calibrate(model, [x])

@@ -1,4 +1,5 @@
 import copy
+import io
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from qexp.quant.core.capture import keep_output, record
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.core.modules import Mode, QuantLayer, quantizers
 from qexp.quant.custom.ptq import PTQConfig, calibrate, choose_layer_bits, insert_quantizers, quantize_model
+from qexp.quant.custom.reconstruct import ReconstructionConfig
 from tests.test_fold import randomise_batchnorm
 
 
@@ -110,3 +112,28 @@ def test_mixed_precision_probes_leave_the_folded_model_as_it_was():
     assert not any(isinstance(m, QuantLayer) for m in reference.modules())
     after = reference.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PTQConfig(4, 4),
+        PTQConfig(2, 4, "mse", granularity="per_tensor"),
+        PTQConfig(2, 8, "percentile", equalize=True, bias_correction=True),
+        PTQConfig(2, 4, "mse", reconstruction=ReconstructionConfig("block", steps=20)),
+    ],
+    ids=["minmax", "mse-per-tensor", "percentile-equalized-bias-corrected", "mse-reconstructed"],
+)
+def test_a_frozen_model_loads_into_a_freshly_built_one(config):
+    model = tiny_resnet()
+    quantized, _ = quantize_model(model, config, batches(1))
+    saved = io.BytesIO()
+    torch.save(quantized.state_dict(), saved)
+    saved.seek(0)
+    fresh = insert_quantizers(fold_batchnorm(model), config)
+    x = batches(2)[0]
+    with torch.no_grad():
+        assert not torch.equal(fresh(x), quantized(x))
+        fresh.load_state_dict(torch.load(saved, weights_only=True))
+        assert torch.equal(fresh(x), quantized(x))
+    assert all(q.mode is Mode.QUANTIZE and q.observer.calibrated for q in quantizers(fresh).values())

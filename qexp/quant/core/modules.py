@@ -46,15 +46,20 @@ def fused_fake_quantize(
 
 
 class FakeQuantize(nn.Module):
-    """Quantize -> clamp -> dequantize with parameters frozen from its observer."""
+    """Quantize -> clamp -> dequantize with parameters frozen from its observer.
+
+    Everything it holds goes into ``state_dict`` with a shape fixed at construction -- ``scale``
+    and ``zero_point`` are shaped like the observer's range, and the mode travels as extra state --
+    so a frozen model's ``state_dict`` loaded into a freshly built one gives the same outputs.
+    """
 
     def __init__(self, observer: Observer) -> None:
         super().__init__()
         self.observer = observer
         self.qmin, self.qmax = quant_range(observer.bits, observer.symmetric)
         self.mode = Mode.FLOAT
-        self.register_buffer("scale", torch.tensor(1.0))
-        self.register_buffer("zero_point", torch.tensor(0.0))
+        self.register_buffer("scale", torch.ones_like(observer.min_val))
+        self.register_buffer("zero_point", torch.zeros_like(observer.min_val))
 
     @property
     def bits(self) -> int:
@@ -62,7 +67,15 @@ class FakeQuantize(nn.Module):
 
     def freeze(self) -> None:
         """Compute ``scale`` and ``zero_point`` from what the observer recorded."""
-        self.scale, self.zero_point = self.observer.calculate_qparams()
+        scale, zero_point = self.observer.calculate_qparams()
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+
+    def get_extra_state(self) -> dict[str, str]:
+        return {"mode": self.mode.value}
+
+    def set_extra_state(self, state: dict[str, str]) -> None:
+        self.mode = Mode(state["mode"])
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode is Mode.OBSERVE:

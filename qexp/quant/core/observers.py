@@ -10,14 +10,21 @@ in the range they choose:
   smallest for the given bit width, found by a search over ``alpha``. At 8 bits it barely
   clips; at 2 bits it trades large errors on a few outliers for a finer grid everywhere else.
 
-Statistics are held with bounded memory. A per-channel (weight) observer sees its tensor once
-and keeps it as ``channels x values``; a per-tensor observer keeps the running min/max and a
-fixed-size histogram that is re-binned when a later batch widens the range, so calibrating on
-more batches costs time, not memory. Percentile and MSE then work on ``(values, counts)`` --
-the raw values with unit counts, or the bin centres with the bin counts.
+Statistics are buffers whose shape is fixed when the observer is built, so a calibrated model's
+``state_dict`` loads into a freshly built one, and calibration can go on from it. A per-channel
+observer is built for one tensor, a weight, and is given its shape: it records that tensor as it
+is now (its extremes and, for percentile and MSE, the tensor itself as ``channels x values``),
+and observing again replaces the record. A per-tensor observer accumulates batches in bounded
+memory: the running min/max and a fixed-size histogram that is re-binned when a later batch
+widens the range, so calibrating on more batches costs time, not memory. Percentile and MSE then
+work on ``(values, counts)`` -- the raw values with unit counts, or the bin centres with the bin
+counts.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -92,15 +99,24 @@ def mse_range(
 
 
 class Observer(nn.Module):
-    """Min/max observer; the base of the others. ``axis`` set: one range per channel along it."""
+    """Min/max observer; the base of the others. ``axis`` set: one range per channel along it.
 
-    def __init__(self, bits: int, symmetric: bool, axis: int | None = None) -> None:
+    A per-channel observer needs the ``shape`` of the tensor it will see, to size its state; a
+    per-tensor one (``axis=None``) takes none.
+    """
+
+    def __init__(self, bits: int, symmetric: bool, axis: int | None = None, shape: Sequence[int] | None = None) -> None:
         super().__init__()
+        if (axis is None) != (shape is None):
+            raise ValueError(
+                f"axis={axis!r} with shape={shape!r}; expected both (a per-channel observer) or neither (per-tensor)."
+            )
         self.bits = bits
         self.symmetric = symmetric
         self.axis = axis
-        self.register_buffer("min_val", torch.tensor(torch.inf))
-        self.register_buffer("max_val", torch.tensor(-torch.inf))
+        channels = () if shape is None else (shape[axis],)
+        self.register_buffer("min_val", torch.full(channels, torch.inf))
+        self.register_buffer("max_val", torch.full(channels, -torch.inf))
 
     def forward(self, x: Tensor) -> Tensor:
         self.observe(x.detach().float())
@@ -114,10 +130,10 @@ class Observer(nn.Module):
 
     def observe(self, x: Tensor) -> None:
         low, high = torch.aminmax(self._rows(x), dim=1)
-        if self.axis is None:
-            low, high = low[0], high[0]
-        self.min_val = torch.minimum(self.min_val, low)
-        self.max_val = torch.maximum(self.max_val, high)
+        if self.axis is None:  # batches: the running extremes; per channel, a weight's extremes as it is now
+            low, high = torch.minimum(self.min_val, low[0]), torch.maximum(self.max_val, high[0])
+        self.min_val.copy_(low)
+        self.max_val.copy_(high)
 
     @property
     def calibrated(self) -> bool:
@@ -143,19 +159,26 @@ MinMaxObserver = Observer
 
 
 class DistributionObserver(Observer):
-    """Keeps the distribution: the tensor itself (per-channel, one pass) or a histogram (per-tensor)."""
+    """Keeps the distribution: the tensor itself (per-channel, as last observed) or a histogram (per-tensor)."""
 
-    def __init__(self, bits: int, symmetric: bool, axis: int | None = None, bins: int = HISTOGRAM_BINS) -> None:
-        super().__init__(bits, symmetric, axis)
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool,
+        axis: int | None = None,
+        shape: Sequence[int] | None = None,
+        bins: int = HISTOGRAM_BINS,
+    ) -> None:
+        super().__init__(bits, symmetric, axis, shape)
         self.bins = bins
-        self.register_buffer("histogram", torch.zeros(bins))
-        self._values: Tensor | None = None
+        if shape is None:
+            self.register_buffer("histogram", torch.zeros(bins))
+        else:
+            self.register_buffer("values", torch.zeros(shape[axis], math.prod(shape) // shape[axis]))
 
     def observe(self, x: Tensor) -> None:
         if self.axis is not None:
-            if self._values is not None:
-                raise RuntimeError("a per-channel observer records one tensor (the weight) once")
-            self._values = self._rows(x).clone()
+            self.values.copy_(self._rows(x))
             super().observe(x)
             return
         previous = (self.min_val.clone(), self.max_val.clone())
@@ -177,8 +200,8 @@ class DistributionObserver(Observer):
 
     def distribution(self) -> tuple[Tensor, Tensor | None]:
         """``(values, counts)`` with one row per channel; ``counts`` is None for raw values."""
-        if self._values is not None:
-            return self._values, None
+        if self.axis is not None:
+            return self.values, None
         return self._centres(self.min_val, self.max_val)[None], self.histogram[None]
 
     def _per_axis(self, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
@@ -189,9 +212,15 @@ class PercentileObserver(DistributionObserver):
     """Clips to the ``percentile``-th (and ``100 - percentile``-th) percentile."""
 
     def __init__(
-        self, bits: int, symmetric: bool, axis: int | None = None, percentile: float = 99.99, bins: int = HISTOGRAM_BINS
+        self,
+        bits: int,
+        symmetric: bool,
+        axis: int | None = None,
+        shape: Sequence[int] | None = None,
+        percentile: float = 99.99,
+        bins: int = HISTOGRAM_BINS,
     ) -> None:
-        super().__init__(bits, symmetric, axis, bins)
+        super().__init__(bits, symmetric, axis, shape, bins)
         if not 50 < percentile <= 100:
             raise QexpError(f"percentile={percentile!r} is out of range; expected a value in (50, 100].")
         self.percentile = percentile

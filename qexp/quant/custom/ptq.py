@@ -90,12 +90,21 @@ class PTQConfig:
         if self.granularity not in GRANULARITIES:
             raise QexpError(f"quant.granularity={self.granularity!r} is not known; expected one of {GRANULARITIES}.")
 
-    def make_quantizer(self, bits: int, weight: bool) -> FakeQuantize:
-        axis = 0 if weight and self.granularity == "per_channel" else None
+    def make_quantizer(self, bits: int, weight: Tensor | None = None) -> FakeQuantize:
+        """A quantizer for ``weight``, or for an activation when ``weight`` is None.
+
+        Weights: signed, per output channel unless ``granularity`` is per tensor; a per-channel
+        quantizer is sized for the weight's shape, so its state has that shape from the start.
+        Activations: unsigned, per tensor.
+        """
         observer_class = OBSERVERS[self.observer]
         if observer_class is PercentileObserver:
             observer_class = partial(PercentileObserver, percentile=self.percentile)
-        return FakeQuantize(observer_class(bits, symmetric=weight, axis=axis))
+        if weight is None:
+            return FakeQuantize(observer_class(bits, symmetric=False))
+        if self.granularity == "per_channel":
+            return FakeQuantize(observer_class(bits, symmetric=True, axis=0, shape=weight.shape))
+        return FakeQuantize(observer_class(bits, symmetric=True))
 
 
 def insert_quantizers(
@@ -122,10 +131,10 @@ def insert_quantizers(
         w_bits = config.first_last_bits if name in edge_layers else weight_bits.get(name, config.w_bits)
         a_bits = config.first_last_bits if name in edge_layers else config.a_bits
         layer = model.get_submodule(name)
-        wrapped = QuantLayer(layer, config.make_quantizer(w_bits, True), config.make_quantizer(a_bits, False))
+        wrapped = QuantLayer(layer, config.make_quantizer(w_bits, layer.weight), config.make_quantizer(a_bits))
         swap_module(model, name, wrapped)
     for name in adds:
-        quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits, False) for _ in range(2))
+        quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits) for _ in range(2))
         swap_module(model, name, QuantAdd(quantizer_a, quantizer_b))
     return model
 
@@ -170,7 +179,7 @@ def choose_layer_bits(
     @torch.no_grad()
     def logits_alone(name: str, bits: int) -> Tensor:
         layer = reference.get_submodule(name)
-        probe = QuantLayer(layer, config.make_quantizer(bits, True), config.make_quantizer(PROBE_INPUT_BITS, False))
+        probe = QuantLayer(layer, config.make_quantizer(bits, layer.weight), config.make_quantizer(PROBE_INPUT_BITS))
         swap_module(reference, name, probe)
         try:
             calibrate(reference, batches)

@@ -246,7 +246,7 @@ def reconstruct_unit(
             layers[name].layer.weight.copy_(adaround(layers[name].layer.weight))
             layers[name].weight_quantizer = originals[name]
         for name, (stand_in, original) in learned.items():
-            original.scale = stand_in.scale.detach().clamp(min=MIN_SCALE).clone()
+            original.scale.copy_(stand_in.scale.clamp(min=MIN_SCALE))
             swap_module(unit, name, original)
     return before, _error(unit, inputs, targets)
 
