@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -43,6 +45,23 @@ def standard_error(top1_percent: float, images: int) -> float:
     """One binomial standard error of a top-1 percentage measured on ``images`` images, in points."""
     p = top1_percent / 100
     return 100 * math.sqrt(p * (1 - p) / images)
+
+
+def pack_correct(correct: Tensor) -> str:
+    """Per-image correctness (bool, one per test image) as base64 of its bits, 1 668 characters for 10 000 images.
+
+    Two cells measured on the same images are compared image by image (McNemar's test in the
+    report); this keeps that possible from ``result.json`` alone. ``unpack_correct`` reverses it.
+    """
+    return base64.b64encode(np.packbits(correct.cpu().numpy().astype(bool), bitorder="little").tobytes()).decode()
+
+
+def unpack_correct(text: str, images: int) -> np.ndarray:
+    """The bool array of ``images`` entries that ``pack_correct`` encoded as ``text``."""
+    packed = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    if len(packed) != (images + 7) // 8:
+        raise ValueError(f"test_correct holds {len(packed)} bytes; expected {(images + 7) // 8} for {images} images.")
+    return np.unpackbits(packed, count=images, bitorder="little").astype(bool)
 
 
 def sqnr_db(reference: Tensor, approximation: Tensor) -> float:

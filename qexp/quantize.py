@@ -27,11 +27,12 @@ from omegaconf import DictConfig
 
 from qexp.atomic import write_atomically
 from qexp.cache import cached_reference, cell_key, finished_result
-from qexp.data import normalize
+from qexp.data import Split, normalize
 from qexp.errors import EXIT_USER_ERROR, QexpError
-from qexp.evaluate import top1
+from qexp.evaluate import accuracy, pack_correct, predict, standard_error, top1
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.quant import Unsupported, check_supported, layer_bits, quantize, recovery, serialized_bytes
+from qexp.quant.export.payload import payload_bytes
 from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 },
             )
         )
+        extra_test = datamodule.splits.get("extra_test")
+        if extra_test is not None:  # measured before quantizing, on the float model
+            result.update(
+                cached_reference(
+                    Path(cfg.cache_dir),
+                    checkpoint,
+                    extra_test,
+                    datamodule.eval_batch_size,
+                    lambda: {"extra_test_fp32_top1": top1(model, extra_test, normalize, datamodule.eval_batch_size)},
+                )
+            )
         quantized = quantize(model, quant, datamodule)
         if not quantized.observed:
             result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
-        result["top1"] = top1(quantized.model, test, normalize, datamodule.eval_batch_size)
+        result.update(evaluate_on_test(quantized.model, test, datamodule.eval_batch_size))
+        if extra_test is not None:
+            extra_top1 = top1(quantized.model, extra_test, normalize, datamodule.eval_batch_size)
+            result.update(
+                extra_test_top1=extra_top1,
+                extra_test_stderr=standard_error(extra_top1, len(extra_test)),
+                extra_test_label=datamodule.extra_test_label,
+            )
         result.update(quantized.extra or {})
         result.update(
-            status="ok", reason=quantized.note, size_bytes=quantized.size_bytes, calib_images=quantized.calib_images
+            status="ok",
+            reason=quantized.note,
+            size_bytes=quantized.size_bytes,
+            payload_bytes=payload_bytes(quantized.model),
+            calib_images=quantized.calib_images,
         )
         result["layer_bits"] = layer_bits(quantized.model)
     except Unsupported as error:
@@ -117,6 +140,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     write_result(path, result)
     return result
+
+
+def evaluate_on_test(model: torch.nn.Module, test: Split, batch_size: int) -> dict[str, Any]:
+    """``top1`` on ``test`` and which images were right (``test_correct``): two cells can be compared image by image."""
+    logits = predict(model, test, normalize, batch_size)
+    return {
+        "top1": accuracy(logits, test.labels),
+        "test_images": len(test),
+        "test_correct": pack_correct(logits.argmax(dim=1) == test.labels),
+    }
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from qexp.evaluate import standard_error, unpack_correct
 from qexp.quantize import run
 from tests.conftest import run_module
 
@@ -29,6 +30,9 @@ def test_design_card_sweep_runs_through_the_real_entry_point(tmp_path: Path, wei
     ok = [c for c in cells if c["status"] == "ok"]
     assert all(c["calib_images"] == 128 and 0 <= c["top1"] <= 100 for c in ok)
     assert all(c["size_bytes"] < c["fp32_size_bytes"] for c in ok)
+    assert all(0 < c["payload_bytes"] < c["size_bytes"] for c in ok)  # the numbers alone, without the format
+    for cell in ok:  # per-image correctness agrees with the top-1 it was measured with
+        assert 100 * unpack_correct(cell["test_correct"], cell["test_images"]).mean() == pytest.approx(cell["top1"])
 
 
 def test_fp32_row_and_w4a8(compose_in, weights_file: Path):
@@ -167,3 +171,16 @@ def test_results_hold_no_absolute_path_of_the_checkout(compose_in):
     result = run(compose_in("quantize", ["data=synthetic", "quant=none"]))
     assert result["checkpoint"] == "qexp/assets/resnet20_cifar10_jpeg.pt"
     assert str(Path.cwd()) not in json.dumps(result["config"])
+
+
+def test_a_second_test_set_is_measured_beside_the_test_split(compose_in, weights_file: Path, image_folder: Path):
+    extra = [f"data.extra_test_root={image_folder}", "data.extra_test_label=folder"]
+    base = ["data=synthetic", f"checkpoint={weights_file}", *extra]
+    fp32 = run(compose_in("quantize", [*base, "quant=none"]))
+    w8 = run(compose_in("quantize", [*base, "bits=8"]))
+    assert fp32["status"] == w8["status"] == "ok"
+    assert fp32["extra_test_top1"] == fp32["extra_test_fp32_top1"] == w8["extra_test_fp32_top1"]
+    for cell in (fp32, w8):
+        assert cell["extra_test_label"] == "folder" and 0 <= cell["extra_test_top1"] <= 100
+        assert cell["extra_test_stderr"] == pytest.approx(standard_error(cell["extra_test_top1"], 60))
+    assert "extra_test_top1" not in run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}"]))
