@@ -37,6 +37,7 @@ def test_report_keeps_the_newest_duplicate_and_shows_failed_cells(tmp_path: Path
     assert "ours · minmax · A8" in table and "85.00 (-6.00)" in table
     assert "**failed**: boom" in table and "**unsupported**: int8 only" in table
     assert {p.name for p in out.glob("*.png")} == {
+        "glance.png",
         "accuracy_vs_bits.png",
         "accuracy_vs_size.png",
         "weights_vs_activations.png",
@@ -64,4 +65,84 @@ def test_recovery_rows_and_mixed_precision_cells_are_shown_apart(tmp_path: Path)
     text = (tmp_path / "report" / "results.md").read_text()
     assert "| ours · minmax |  |  | 70.00 |  |" in text
     assert "| ours · minmax · BRECQ+QDrop 2000 steps |  |  | 89.00 |  |" in text
-    assert "| minmax | 3 | A8 | 1× 8, 1× 4, 2× 2 | 88.00 | 78 |" in text
+    assert "| minmax | 3 | A8 | 1× 8, 1× 4, 2× 2 | 88.00 | 78 |  |" in text  # no uniform W2A8 cell to compare
+    assert "| + BRECQ+QDrop 2000 steps | **89.00** | 1 |" in text  # the recovery table, against round-to-nearest
+    assert "| round-to-nearest | 70.00 | 1 |" in text
+
+
+def correct(images: int, right: set[int]) -> str:
+    """``test_correct`` of a cell that gets exactly the images in ``right`` right."""
+    import torch
+
+    from qexp.evaluate import pack_correct
+
+    return pack_correct(torch.tensor([i in right for i in range(images)]))
+
+
+def paired_sweep(root: Path) -> None:
+    """FP32, ours and PyTorch at W8 on the same 200 images, with every field that later runs record."""
+    fp32 = set(range(180))  # 90 %
+    common = {"test_images": 200, "extra_test_label": "original", "extra_test_stderr": 1.12}
+    fake_cell(root, "0", "2026-01-01T00:00:00", quant="none", w_bits=32, a_bits=32, observer="none", top1=90.0,
+              size_bytes=1_100_000, payload_bytes=1_000_000, test_correct=correct(200, fp32), extra_test_top1=85.0,
+              **common)  # fmt: skip
+    # ours loses images 0-5 and gains none: 6 discordant images, all one way, p = 2 / 2**6
+    fake_cell(root, "1", "2026-01-01T00:00:01", top1=87.0, payload_bytes=70_000,
+              test_correct=correct(200, fp32 - set(range(6))), extra_test_top1=84.0, **common)  # fmt: skip
+    # PyTorch loses image 0 and gains image 190: one each way, p = 1
+    fake_cell(root, "2", "2026-01-01T00:00:02", quant="torch_ptq", flow="fx", top1=90.0, size_bytes=90_000,
+              payload_bytes=71_000, test_correct=correct(200, (fp32 - {0}) | {190}), extra_test_top1=83.0,
+              **common)  # fmt: skip
+
+
+def test_new_fields_add_columns_and_differences_are_judged_by_mcnemar(tmp_path: Path):
+    paired_sweep(tmp_path / "sweep")
+    report([tmp_path / "sweep"], tmp_path / "report")
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "One test image is 0.5 points of top-1 (200 test images)" in text
+    assert "standard error of FP32's 90.00 % is 2.12 points" in text
+    assert "| ours · minmax · W8 | FP32 | -3.00 | 6 | 0 | 0.031 | loss |" in text
+    assert "| PyTorch · minmax · W8 | FP32 | +0.00 | 1 | 1 | 1.000 | within noise |" in text
+    assert "| ours · minmax · W8 | PyTorch · minmax · W8 | -3.00 | 6 | 0 | 0.031 | loss |" in text
+    header = "|  | bits | test top-1 (%) | vs FP32 | top-1 on original (%, ± 1 s.e.) | size (KiB) | payload (KiB) |"
+    assert header in text
+    assert "| FP32 | fp32 | 90.00 |  | 85.00 ± 1.12 | 1074 | 977 |" in text
+    assert "| ours, round-to-nearest · minmax | W8A8 | 87.00 | -3.00, loss | 84.00 ± 1.12 | 78 | 68 |" in text
+    assert "## Top-1 (%) on original, ± one standard error" in text and "|  | 83.00 ± 1.12 |  |  |" in text
+    assert "## Size of the stored model (KiB: serialised file / payload)" in text and "|  | 78 / 68 |  |  |" in text
+
+
+def test_without_the_new_fields_their_columns_are_left_out(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", quant="none", w_bits=32, a_bits=32, observer="none", top1=86.94)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", top1=63.13)
+    report([sweep], tmp_path / "report")
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "|  | bits | test top-1 (%) | vs FP32 | size (KiB) |" in text
+    assert "| ours, round-to-nearest · minmax | W8A8 | 63.13 | -23.81 | 78 |" in text
+    assert "payload" not in text and "second test" not in text and "±" not in text
+    assert "do not record per-image correctness" in text
+    # the number of test images is read off the top-1 values: 63.13 % is 6313 of 10 000
+    assert "One test image is 0.01 points of top-1 (10,000 test images)" in text
+
+
+def test_the_report_from_its_results_csv_is_the_report_from_the_sweeps(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    paired_sweep(sweep)
+    fake_cell(sweep, "3", "2026-01-01T00:00:03", w_bits=2, a_bits=8, top1=50.0, average_bits=3.0, first_last_bits=8,
+              layer_bits={"conv1": [8, 8], "fc": [2, 8]})  # fmt: skip
+    fake_cell(sweep, "4", "2026-01-01T00:00:04", w_bits=4, a_bits=4, top1=70.0, recovery="CLE")
+    report([sweep], tmp_path / "a")
+    assert main(["--from-csv", str(tmp_path / "a" / "results.csv"), "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "results.md").read_text() == (tmp_path / "a" / "results.md").read_text()
+    assert (tmp_path / "b" / "results.csv").read_bytes() == (tmp_path / "a" / "results.csv").read_bytes()
+    assert {p.name for p in (tmp_path / "b").glob("*.png")} == {p.name for p in (tmp_path / "a").glob("*.png")}
+
+
+def test_the_command_takes_sweeps_or_a_results_csv(tmp_path: Path, capsys):
+    (tmp_path / "sweep").mkdir()
+    assert main([str(tmp_path / "sweep"), "--from-csv", "r.csv", "--out", str(tmp_path / "r")]) == 2
+    assert main(["--out", str(tmp_path / "r")]) == 2
+    assert "one of the two" in capsys.readouterr().err
+    assert main(["--from-csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a file" in capsys.readouterr().err

@@ -1,0 +1,3 @@
+from qexp.report.cli import main
+
+raise SystemExit(main())

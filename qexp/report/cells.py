@@ -1,0 +1,213 @@
+"""The cells of a report: collected from sweeps' ``result.json`` files, or read back from ``results.csv``.
+
+Both give the same frame (one row per cell, ``None`` where a setting does not apply), so every
+table and plot can be made from either: the committed report and the README's tables are
+regenerated from the committed ``results.csv`` without the sweep directories. The selections
+here (the FP32 cell, round-to-nearest, the best observer) are shared by tables and plots, so
+both show the same cells.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pandas as pd
+
+CELL = [
+    "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",
+    "data", "checkpoint",
+]  # fmt: skip
+BITS = [16, 8, 4, 2]
+SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
+METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch"}
+
+
+def collect(directories: list[Path]) -> pd.DataFrame:
+    """One row per distinct cell (the newest ``finished_at`` wins), sorted for reading."""
+    rows = []
+    for directory in directories:
+        for path in sorted(directory.rglob("result.json")):
+            record = json.loads(path.read_text())
+            record["path"] = str(path.parent)
+            overrides = path.parent / ".hydra" / "overrides.yaml"
+            record["overrides"] = overrides.read_text().strip() if overrides.is_file() else ""
+            record["config"] = json.dumps(record.get("config", {}), sort_keys=True)
+            rows.append(record)
+    if not rows:
+        raise ValueError(f"no result.json below {[str(d) for d in directories]}; expected Hydra sweep directories.")
+    frame = pd.DataFrame(rows).reindex(columns=sorted({*CELL, "finished_at", *pd.DataFrame(rows).columns}))
+    frame = _with_none_settings(frame)
+    frame = frame.sort_values("finished_at").drop_duplicates(subset=CELL, keep="last")
+    return frame.sort_values(["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False])
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """The frame that ``collect`` gave when it wrote ``path`` (a ``results.csv``), in the same order."""
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a file; expected a results.csv written by python -m qexp.report.")
+    frame = pd.read_csv(path)
+    # pandas wrote each cell's per-layer widths as the repr of a dict.
+    frame["layer_bits"] = [ast.literal_eval(text) if isinstance(text, str) else None for text in frame["layer_bits"]]
+    return _with_none_settings(frame)
+
+
+def _with_none_settings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Settings that do not apply to a cell are ``None`` (not NaN), so cells compare and group alike."""
+    frame = frame.copy()
+    for column in CELL:
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
+
+
+def collect_sensitivity(directories: list[Path]) -> pd.DataFrame:
+    """Rows of every ``sensitivity.json`` below ``directories`` (a cell measured twice: the newest wins)."""
+    rows = []
+    for directory in directories:
+        for path in sorted(directory.rglob("sensitivity.json")):
+            record = json.loads(path.read_text())
+            setting = {key: record.get(key) or "" for key in SENSITIVITY_SETTING}
+            rows += [{**row, **setting, "finished_at": record.get("finished_at", "")} for row in record["rows"]]
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).sort_values("finished_at", kind="stable")
+    frame = frame.drop_duplicates(subset=["layer", "bits", "quantized", *SENSITIVITY_SETTING], keep="last")
+    order = {layer: index for index, layer in enumerate(dict.fromkeys(row["layer"] for row in rows))}
+    return frame.sort_values(["layer", "bits", "quantized"], key=lambda c: c.map(order) if c.name == "layer" else c)
+
+
+def read_sensitivity(path: Path) -> pd.DataFrame:
+    """The frame that ``collect_sensitivity`` gave when it wrote ``path``; empty when there is no such file."""
+    if not path.is_file():
+        return pd.DataFrame()
+    frame = pd.read_csv(path)
+    frame[SENSITIVITY_SETTING] = frame[SENSITIVITY_SETTING].fillna("")  # written as "" by collect_sensitivity
+    return frame
+
+
+def variant(row: pd.Series) -> str:
+    """Row label of the comparison table: method, observer and what differs from WbAb."""
+    if is_float16(row):
+        return "PyTorch · float16"
+    method = METHOD_NAMES.get(row["quant"], row["quant"])
+    if row.get("flow") == "pt2e":
+        method += " pt2e"
+    label = f"{method} · {row['observer']}"
+    if row["a_bits"] != row["w_bits"]:
+        label += f" · A{row['a_bits']}"
+    if row.get("first_last_bits") is not None:
+        label += f" · first/last {int(row['first_last_bits'])} bit"
+    if row.get("granularity") == "per_tensor":
+        label += " · per-tensor W"
+    if row.get("recovery") is not None:
+        label += f" · {row['recovery']}"
+    if row.get("average_bits") is not None:
+        label += f" · mixed {row['average_bits']:g} bits/weight"
+    return label
+
+
+def cell_name(row: pd.Series) -> str:
+    """A cell named on its own, outside a table with a column per width: ``ours · mse · W4``."""
+    if row["quant"] == "none":
+        return "FP32"
+    if is_float16(row) or row.get("average_bits") is not None:
+        return variant(row)
+    return f"{variant(row)} · W{row['w_bits']}"
+
+
+def is_float16(row: pd.Series) -> bool:
+    """PyTorch's 16-bit cell: the model cast to float16 (PyTorch has no int16 convolution)."""
+    return row["quant"] == "torch_ptq" and row["w_bits"] == 16 and row.get("flow") != "pt2e"
+
+
+def float16_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """PyTorch's float16 cells (``is_float16``)."""
+    return frame[pd.Series([is_float16(row) for _, row in frame.iterrows()], index=frame.index, dtype=bool)]
+
+
+def ok_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "ok"]
+
+
+def fp32_cell(frame: pd.DataFrame) -> pd.Series | None:
+    """The FP32 reference cell (``quant=none``), or None when the report has none."""
+    fp32 = ok_cells(frame)[ok_cells(frame)["quant"] == "none"]
+    return fp32.iloc[0] if len(fp32) else None
+
+
+def round_to_nearest(frame: pd.DataFrame) -> pd.DataFrame:
+    """Our PTQ with nothing added: per-channel weights, no recovery, no mixed or first/last widths."""
+    return frame[
+        (frame["quant"] == "custom_ptq")
+        & frame["recovery"].isna()
+        & frame["first_last_bits"].isna()
+        & frame["average_bits"].isna()
+        & (frame["granularity"] == "per_channel")
+    ]
+
+
+def with_recovery(frame: pd.DataFrame) -> pd.DataFrame:
+    """Our PTQ with a recovery recipe, at uniform widths."""
+    return frame[
+        (frame["quant"] == "custom_ptq")
+        & frame["recovery"].notna()
+        & frame["first_last_bits"].isna()
+        & frame["average_bits"].isna()
+    ]
+
+
+def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tuple[str, pd.DataFrame]]]:
+    """What the recovery table and panel show: the ``(w_bits, a_bits)`` settings a recipe ran at (widest
+    first), and ``(label, ok cells)`` per observer: round-to-nearest (where it ran at one of them), then
+    each recipe in order of its top-1 at the first setting it has. Labels name the observer only when
+    there is more than one.
+    """
+    ok = ok_cells(frame)
+    recovered = with_recovery(ok)
+    settings = sorted(set(zip(recovered["w_bits"], recovered["a_bits"], strict=True)), reverse=True)
+    observers = list(dict.fromkeys(recovered["observer"]))
+    baseline = round_to_nearest(ok)
+
+    def first_top1(cells: pd.DataFrame) -> float:
+        return next((cell["top1"] for s in settings if (cell := at_setting(cells, s)) is not None), float("inf"))
+
+    rows = []
+    for observer in observers:
+        prefix = f"{observer} · " if len(observers) > 1 else ""
+        ours = recovered[recovered["observer"] == observer]
+        recipes = [
+            (f"{prefix}+ {recipe}", ours[ours["recovery"] == recipe]) for recipe in dict.fromkeys(ours["recovery"])
+        ]
+        rows.append((f"{prefix}round-to-nearest", baseline[baseline["observer"] == observer]))
+        rows += sorted(recipes, key=lambda item: first_top1(item[1]))
+    return settings, [(label, cells) for label, cells in rows if first_top1(cells) != float("inf")]
+
+
+def uniform(cells: pd.DataFrame, bits: int) -> pd.DataFrame:
+    """The cells with weights and activations at ``bits``."""
+    return cells[(cells["w_bits"] == bits) & (cells["a_bits"] == bits)]
+
+
+def at_setting(cells: pd.DataFrame, setting: tuple[int, int]) -> pd.Series | None:
+    """The first of ``cells`` with ``(w_bits, a_bits) == setting``, or None."""
+    match = cells[(cells["w_bits"] == setting[0]) & (cells["a_bits"] == setting[1])]
+    return match.iloc[0] if len(match) else None
+
+
+def pytorch_int8(frame: pd.DataFrame, flow: str) -> pd.DataFrame:
+    """PyTorch's W8A8 cells of one flow (``fx``: results written before ``flow`` existed count as FX)."""
+    torch_cells = frame[(frame["quant"] == "torch_ptq") & (frame["w_bits"] == 8) & (frame["a_bits"] == 8)]
+    is_pt2e = torch_cells["flow"] == "pt2e"
+    return torch_cells[is_pt2e if flow == "pt2e" else ~is_pt2e]
+
+
+def best(cells: pd.DataFrame) -> pd.Series | None:
+    """The ok cell with the highest top-1 (the first in report order on a tie), or None."""
+    cells = ok_cells(cells)
+    return cells.sort_values("top1", ascending=False, kind="stable").iloc[0] if len(cells) else None
+
+
+def has(frame: pd.DataFrame, column: str) -> bool:
+    """Whether any cell records ``column`` (fields added later are absent from older results)."""
+    return column in frame.columns and bool(frame[column].notna().any())

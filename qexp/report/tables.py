@@ -1,0 +1,343 @@
+"""Markdown tables of a report's cells, and ``results.md`` assembled from them.
+
+Every table is a function of the cells alone, so ``results.md`` and the README's generated
+blocks (``readme.py``) show the same numbers. Columns for fields that later runs record
+(``payload_bytes``, ``extra_test_top1``, ``test_correct``) appear only when some cell has them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+
+from qexp.report.cells import (
+    BITS,
+    SENSITIVITY_SETTING,
+    at_setting,
+    best,
+    float16_cells,
+    fp32_cell,
+    has,
+    is_float16,
+    ok_cells,
+    pytorch_int8,
+    recovery_rows,
+    round_to_nearest,
+    uniform,
+    variant,
+    with_recovery,
+)
+from qexp.report.noise import noise_table, versus_fp32, worth
+
+
+def kib(value: float) -> str:
+    return f"{value / 1024:.0f}"
+
+
+def top1_text(row: pd.Series, fp32: pd.Series | None) -> str:
+    """``86.95 (+0.01)``: top-1 and its change against FP32; the status for a cell that did not run."""
+    if row["status"] != "ok":
+        return row["status"]
+    text = f"{row['top1']:.2f}"
+    if fp32 is not None:
+        text += f" ({row['top1'] - fp32['top1']:+.2f})"
+    return text
+
+
+def size_text(row: pd.Series) -> str:
+    """Serialised KiB, and ``/ payload KiB`` when the cell recorded its payload."""
+    if row["status"] != "ok":
+        return row["status"]
+    text = kib(row["size_bytes"])
+    if not pd.isna(row.get("payload_bytes")):
+        text += f" / {kib(row['payload_bytes'])}"
+    return text
+
+
+def extra_test_text(row: pd.Series) -> str:
+    """``85.35 ± 1.11``: top-1 on the second test set with one standard error; empty when not measured."""
+    if row["status"] != "ok" or pd.isna(row.get("extra_test_top1")):
+        return "" if row["status"] == "ok" else row["status"]
+    return f"{row['extra_test_top1']:.2f} ± {row['extra_test_stderr']:.2f}"
+
+
+def pivot(frame: pd.DataFrame, text: Callable[[pd.Series], str]) -> str:
+    """Markdown: one row per ``variant`` (method, observer, what differs), one column per weight width."""
+    quantized = frame[(frame["quant"] != "none") & frame["average_bits"].isna()].copy()
+    quantized["variant"] = [variant(row) for _, row in quantized.iterrows()]
+    lines = ["| method · observer | " + " | ".join(f"W{b}" for b in BITS) + " |", "|" + "---|" * (len(BITS) + 1)]
+    for label, group in quantized.groupby("variant", sort=False):
+        at = {bits: group[group["w_bits"] == bits] for bits in BITS}
+        cells = [text(at[bits].iloc[0]) if len(at[bits]) else "" for bits in BITS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(frame: pd.DataFrame) -> str:
+    """Test top-1 and change against FP32 for every uniform-width cell."""
+    fp32 = fp32_cell(frame)
+    return pivot(frame, lambda row: top1_text(row, fp32))
+
+
+def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """The cells of the results at a glance, labelled: FP32, PyTorch's fp16 and int8, ours per width.
+
+    Ours at each width with weights and activations alike: round-to-nearest with its best
+    observer, and the best recovery recipe where one was run. PyTorch int8 per flow with its
+    best observer.
+    """
+    ok = ok_cells(frame)
+    cells = []
+    fp32 = fp32_cell(frame)
+    if fp32 is not None:
+        cells.append(("FP32", fp32))
+    cells += [("PyTorch float16 (a cast, not int16)", row) for _, row in float16_cells(ok).iterrows()]
+    for flow, name in (("fx", "FX"), ("pt2e", "pt2e")):
+        cell = best(pytorch_int8(ok, flow))
+        if cell is not None:
+            cells.append((f"PyTorch int8, {name} · {cell['observer']}", cell))
+    for bits in BITS:
+        cell = best(uniform(round_to_nearest(ok), bits))
+        if cell is not None:
+            cells.append((f"ours, round-to-nearest · {cell['observer']}", cell))
+        cell = best(uniform(with_recovery(ok), bits))
+        if cell is not None:
+            cells.append((f"ours, {cell['recovery']} · {cell['observer']}", cell))
+    return cells
+
+
+def bits_text(row: pd.Series) -> str:
+    if row["quant"] == "none":
+        return "fp32"
+    return "fp16" if is_float16(row) else f"W{row['w_bits']}A{row['a_bits']}"
+
+
+def glance_table(frame: pd.DataFrame) -> str:
+    """Markdown: the glance cells with top-1, change against FP32 (and its verdict when tested), size."""
+    cells = glance_cells(frame)
+    fp32 = fp32_cell(frame)
+    verdicts = versus_fp32(frame)
+    extra = has(frame, "extra_test_top1")
+    payload = has(frame, "payload_bytes")
+    header = ["", "bits", "test top-1 (%)", "vs FP32"]
+    if extra:
+        label = frame["extra_test_label"].dropna().iloc[0]
+        header.append(f"top-1 on {label} (%, ± 1 s.e.)")
+    header.append("size (KiB)")
+    if payload:
+        header.append("payload (KiB)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in cells:
+        change = ""
+        if fp32 is not None and row["quant"] != "none":
+            change = f"{row['top1'] - fp32['top1']:+.2f}"
+            if row.name in verdicts:
+                change += f", {verdicts[row.name].verdict}"
+        values = [label, bits_text(row), f"{row['top1']:.2f}", change]
+        if extra:
+            values.append(extra_test_text(row))
+        values.append(kib(row["size_bytes"]))
+        if payload:
+            values.append("" if pd.isna(row.get("payload_bytes")) else kib(row["payload_bytes"]))
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def size_table(frame: pd.DataFrame) -> str:
+    """Markdown: stored size per method and width, in KiB and as a fraction of FP32 (payload beside, if recorded)."""
+    fp32 = fp32_cell(frame)
+    if fp32 is None:
+        return ""
+    rtn = round_to_nearest(frame)
+    torch_ptq = frame[frame["quant"] == "torch_ptq"]
+    float16 = float16_cells(torch_ptq)
+    rows = {
+        "ours (integer export)": rtn[rtn["w_bits"] == rtn["a_bits"]],
+        "PyTorch FX int8": torch_ptq[torch_ptq["flow"] != "pt2e"].drop(index=float16.index),
+        "PyTorch pt2e int8": torch_ptq[torch_ptq["flow"] == "pt2e"],
+        "PyTorch float16 (`.half()`)": float16,
+    }
+
+    def text(cells: pd.DataFrame) -> str:
+        ok = ok_cells(cells)
+        if ok.empty:
+            return cells["status"].iloc[0] if len(cells) else ""
+        row = ok.iloc[0]
+        value = f"{kib(row['size_bytes'])} ({row['size_bytes'] / fp32['size_bytes']:.2f}×)"
+        if not pd.isna(row.get("payload_bytes")) and not pd.isna(fp32.get("payload_bytes")):
+            value += f"; payload {kib(row['payload_bytes'])} ({row['payload_bytes'] / fp32['payload_bytes']:.2f}×)"
+        return value
+
+    caption = f"Stored size in KiB and as a fraction of FP32's {kib(fp32['size_bytes'])} KiB (serialised file"
+    if has(frame, "payload_bytes") and not pd.isna(fp32.get("payload_bytes")):
+        caption += f"; payload: the numbers alone, FP32 {kib(fp32['payload_bytes'])} KiB"
+    lines = [caption + "):", "", "| | " + " | ".join(f"W{b}" for b in BITS) + " |", "|" + "---|" * (len(BITS) + 1)]
+    for label, cells in rows.items():
+        if len(cells):
+            lines.append(f"| {label} | " + " | ".join(text(cells[cells["w_bits"] == b]) for b in BITS) + " |")
+    return "\n".join(lines)
+
+
+def recovery_table(frame: pd.DataFrame) -> str:
+    """Markdown: round-to-nearest and each recovery recipe, one column per ``WbAb`` a recipe was run at.
+
+    Rows as ``recovery_rows`` orders them; the best cell of each column is bold; seconds are per
+    cell, the range over the row's cells.
+    """
+    settings, recipes = recovery_rows(frame)
+    if not settings:
+        return ""
+    fp32 = fp32_cell(frame)
+    rows = [(label, [at_setting(cells, setting) for setting in settings]) for label, cells in recipes]
+    best_top1 = [max(cells[i]["top1"] for _, cells in rows if cells[i] is not None) for i in range(len(settings))]
+    lines = [
+        "| recipe | " + " | ".join(f"W{w}A{a}" for w, a in settings) + " | seconds per cell |",
+        "|" + "---|" * (len(settings) + 2),
+    ]
+    for label, cells in rows:
+        texts = []
+        for cell, top in zip(cells, best_top1, strict=True):
+            text = "" if cell is None else top1_text(cell, fp32)
+            texts.append(f"**{text}**" if cell is not None and cell["top1"] == top else text)
+        seconds = [cell["seconds"] for cell in cells if cell is not None]
+        low, high = f"{min(seconds):.0f}", f"{max(seconds):.0f}"
+        lines.append(f"| {label} | " + " | ".join(texts) + f" | {low if low == high else f'{low}–{high}'} |")
+    return "\n".join(lines)
+
+
+def mixed_table(frame: pd.DataFrame) -> str:
+    """Markdown: one row per mixed-precision cell (largest budget first) beside uniform weights below its budget."""
+    ok = ok_cells(frame)
+    mixed = frame[frame["average_bits"].notna()]
+    if mixed.empty:
+        return ""
+    fp32 = fp32_cell(frame)
+    lines = [
+        "| observer · recovery | budget (bits/weight) | activations | weight widths (layers) | top-1 | size (KiB) "
+        "| uniform weights below the budget |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, row in mixed.sort_values("average_bits", ascending=False, kind="stable").iterrows():
+        layer_bits = row.get("layer_bits") if isinstance(row.get("layer_bits"), dict) else {}
+        widths = pd.Series([bits[0] for bits in layer_bits.values()]).value_counts()
+        spread = ", ".join(f"{count}× {bits}" for bits, count in sorted(widths.items(), reverse=True))
+        label = row["observer"] + (f" · {row['recovery']}" if row.get("recovery") is not None else "")
+        size = size_text(row) if row["status"] == "ok" else ""
+        lines.append(
+            f"| {label} | {row['average_bits']:g} | A{row['a_bits']} | {spread} | {top1_text(row, fp32)} | {size} "
+            f"| {_uniform_below(ok, row)} |"
+        )
+    return "\n".join(lines)
+
+
+def _uniform_below(ok: pd.DataFrame, row: pd.Series) -> str:
+    """The uniform cell with the widest weights within ``row``'s budget, same observer, activations and recovery."""
+    widths = [bits for bits in BITS if bits <= row["average_bits"]]
+    if not widths:
+        return ""
+    uniform = ok[(ok["quant"] == row["quant"]) & ok["average_bits"].isna() & ok["first_last_bits"].isna()]
+    uniform = uniform[
+        (uniform["observer"] == row["observer"])
+        & (uniform["a_bits"] == row["a_bits"])
+        & (uniform["w_bits"] == widths[0])
+        & (uniform["granularity"] == row["granularity"])
+        & uniform["recovery"].map(lambda recovery: recovery == row.get("recovery"))
+    ]
+    if uniform.empty:
+        return ""
+    cell = uniform.iloc[0]
+    return f"W{cell['w_bits']}A{cell['a_bits']} {cell['top1']:.2f}, {kib(cell['size_bytes'])} KiB"
+
+
+def sensitivity_columns(frame: pd.DataFrame) -> list[tuple[pd.Series, str]]:
+    """``(selector of frame rows, header)`` per column: widest first, weights alone before weights and input.
+
+    Runs that differ in observer, granularity, recovery, checkpoint or data get columns of their
+    own; the header names what differs.
+    """
+    keys = ["bits", "a_bits", "quantized", *SENSITIVITY_SETTING]
+    columns = frame[keys].drop_duplicates().sort_values(["bits", "a_bits"], ascending=False)
+    varying = [key for key in SENSITIVITY_SETTING if frame[key].nunique() > 1]
+    result = []
+    for column in columns.itertuples(index=False):
+        selector = pd.Series(True, index=frame.index)
+        for key in keys:
+            selector &= frame[key] == getattr(column, key)
+        header = f"W{column.bits}" + ("" if column.a_bits >= 16 else f"A{column.a_bits}")
+        header += "".join(f" {getattr(column, key)}" for key in varying)
+        result.append((selector, header))
+    return result
+
+
+def sensitivity_table(frame: pd.DataFrame) -> str:
+    """Markdown: one row per layer, one column per setting; cells ``top-1 change / logit SQNR``."""
+    columns = sensitivity_columns(frame)
+    lines = ["| layer | " + " | ".join(header for _, header in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for layer in dict.fromkeys(frame["layer"]):
+        cells = []
+        for selector, _ in columns:
+            match = frame[selector & (frame["layer"] == layer)]
+            row = match.iloc[0] if len(match) else None
+            cells.append("" if row is None else f"{-row['drop']:+.2f} / {row['sqnr_db']:.1f} dB")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_markdown(frame: pd.DataFrame, sensitivity: pd.DataFrame) -> str:
+    """The whole ``results.md``: at a glance, top-1, second test set, sizes, recovery, mixed, noise, sensitivity."""
+    fp32 = fp32_cell(frame)
+    data = ", ".join(sorted(set(frame["data"].dropna())))
+    parts = ["# Post-training quantization of ResNet20", ""]
+    if fp32 is not None:
+        parts.append(f"FP32: **{fp32['top1']:.2f} %** top-1, {kib(fp32['fp32_size_bytes'])} KiB. Data: {data}.")
+    parts += ["", worth(frame), "", "## At a glance", "", glance_table(frame), "", "![at a glance](glance.png)", ""]
+    parts += [
+        "## Test top-1 (%) and change vs FP32",
+        "",
+        "Columns: weight bits; activations at the same width unless the row says `A<bits>`.",
+        "",
+        comparison_table(frame),
+        "",
+    ]
+    if has(frame, "extra_test_top1"):
+        label = frame["extra_test_label"].dropna().iloc[0]
+        parts += [f"## Top-1 (%) on {label}, ± one standard error", "", pivot(frame, extra_test_text), ""]
+    unit = "KiB: serialised file / payload" if has(frame, "payload_bytes") else "KiB, serialised"
+    parts += [f"## Size of the stored model ({unit})", "", pivot(frame, size_text), ""]
+    if has(frame, "payload_bytes"):
+        parts += [
+            "Payload: integer weights at their bit width, scales as float32, zero points at the width of their "
+            "grid, biases as float32 (`qexp/quant/export/payload.py`); the file adds the format's overhead.",
+            "",
+        ]
+    for title, table in (
+        ("## Recovery of 4 and 2 bits (test top-1, change vs FP32)", recovery_table(frame)),
+        ("## Mixed precision (weight widths chosen per layer on calibration images)", mixed_table(frame)),
+    ):
+        if table:
+            parts += [title, "", table, ""]
+    parts += ["## Differences beyond noise", ""]
+    noise = noise_table(frame)
+    parts.append(
+        noise
+        or "The cells do not record per-image correctness (`test_correct`, added after they ran): no difference "
+        "is tested here. Re-running the grid records it."
+    )
+    parts += ["", "## Cells that did not run", ""]
+    skipped = frame[frame["status"] != "ok"]
+    if skipped.empty:
+        parts.append("None.")
+    for _, row in skipped.iterrows():
+        parts.append(f"- {variant(row)} W{row['w_bits']}: **{row['status']}**: {row['reason']}")
+    text = "\n".join(parts) + "\n"
+    if len(sensitivity):
+        setting = ", ".join(sorted(set(sensitivity["observer"] + ", " + sensitivity["granularity"])))
+        text += (
+            "\n## Per-layer sensitivity\n\nOne layer quantized (weights: "
+            f"{setting}; its input at 16 bits or at the weight width), every other layer float. "
+            "Cells: test top-1 change vs FP32 (points) / SQNR of the logits.\n\n"
+            + sensitivity_table(sensitivity)
+            + "\n\n![layer sensitivity](layer_sensitivity.png)\n"
+        )
+    return text
