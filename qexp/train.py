@@ -162,7 +162,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     save_weights(export, network, arch=arch_name(cfg.model), meta=meta)
     log.info(
         "test top-1 %.2f %% (%s weights, fp32 %.2f %%, flip-averaged %.2f %%) -> %s",
-        meta["test_top1"], choice, meta["test_top1_fp32"], meta["test_top1_flip_averaged"], export,
+        meta["test_top1"], choice, meta["test_top1_fp32"], meta["test_top1_flip_averaged"], portable_path(export),
     )  # fmt: skip
     if "extra_test" in meta:
         extra = meta["extra_test"]
