@@ -53,6 +53,18 @@ def recipe_row(path: Path) -> dict[str, Any]:
     }
 
 
+PERCENT_COLUMNS = ("teacher_val_top1", "val_top1", "val_top1_ema")
+
+
+def cell(column: str, value: Any) -> str:
+    """A table cell: accuracies with two decimals, settings as written (5e-4 stays 0.0005), blanks for None."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if column in PERCENT_COLUMNS:
+        return f"{value:.2f}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def recipes_markdown(table: pd.DataFrame) -> str:
     """The table as Markdown, best validation accuracy first, blanks for what a run did not have."""
     shown = table.drop(columns=["command"]).copy()
@@ -61,7 +73,7 @@ def recipes_markdown(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(shown.columns) + " |"
     rule = "|" + "---|" * len(shown.columns)
     rows = [
-        "| " + " | ".join("" if pd.isna(v) else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row) + " |"
+        "| " + " | ".join(cell(c, v) for c, v in zip(shown.columns, row, strict=True)) + " |"
         for row in shown.itertuples(index=False)
     ]
     commands = [f"- `{r.run}`: `{r.command}`" for r in table.itertuples(index=False)]

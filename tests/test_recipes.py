@@ -41,8 +41,8 @@ def test_rows_carry_the_recipe_and_validation_but_never_test(tmp_path: Path):
     assert row["teacher"] is None and "test_top1" not in row
     table_text = recipes_markdown(pd.DataFrame([row, recipe_row(distilled)]))
     lines = table_text.splitlines()
-    assert lines[2].startswith("| distilled | resnet20 | 45000 | 15 | 0 | 0.00 |")  # best validation first
-    assert "88.50" in lines[2] and "82.50" in lines[2] and "99" not in lines[2]
+    assert lines[2].startswith("| distilled | resnet20 | 45000 | 15 | 0 | 0 | 0.0005 | 0.999 | widenet |")  # best first
+    assert "88.50" in lines[2] and "82.50" in lines[2] and "99.0" not in table_text  # the test top-1 is not shown
     assert "`python -m qexp.train experiment=distill teacher.checkpoint=t.pt`" in table_text
 
 
