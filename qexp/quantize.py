@@ -5,7 +5,7 @@ writes one complete ``result.json`` (status ``ok``, ``unsupported`` or ``failed`
 output directory, so a multirun sweep always finishes and the report sees every cell. A cell
 whose ``result.json`` is already ``ok`` for the same config and checkpoint is not run again
 (``redo=true`` forces it), so a killed sweep re-run into the same directory loses at most the
-cell in flight.
+cell in flight -- and of a QAT cell, which checkpoints every epoch, at most the epoch in flight.
 """
 
 from __future__ import annotations
@@ -101,7 +101,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     lambda: {"extra_test_fp32_top1": top1(model, extra_test, normalize, datamodule.eval_batch_size)},
                 )
             )
-        quantized = quantize(model, quant, datamodule)
+        # QAT checkpoints into a folder of its own cell (same config and checkpoint), so re-running the cell
+        # continues it and another cell in the same directory never resumes from it; redo=true starts afresh.
+        workdir = Path(cfg.output_dir) / "qat" / key[:16]
+        quantized = quantize(model, quant, datamodule, workdir=workdir, resume=not cfg.redo, checkpoint_meta=meta)
         if not quantized.observed:
             result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
         result.update(evaluate_on_test(quantized.model, test, datamodule.eval_batch_size))

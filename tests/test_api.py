@@ -2,12 +2,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from qexp.errors import QexpError
-from qexp.quant import PTQConfig, Unsupported, check_supported, ptq_config, recovery
+from qexp.quant import PTQConfig, QATConfig, Unsupported, check_supported, ptq_config, qat_config, recovery
 
 
 def test_check_supported_refuses_unknown_settings_as_user_errors_and_gaps_as_unsupported(compose_in):
-    with pytest.raises(QexpError, match=r"quant.method='qat' is not known"):
-        check_supported(OmegaConf.create({"method": "qat"}))
+    with pytest.raises(QexpError, match=r"quant.method='gptq' is not known"):
+        check_supported(OmegaConf.create({"method": "gptq"}))
+    with pytest.raises(QexpError, match=r"quant.lr=0.0 is out of range"):
+        check_supported(compose_in("quantize", ["quant=qat", "bits=4", "quant.lr=0.0"]).quant)
     with pytest.raises(QexpError, match=r"quant.w_bits=1 is not supported"):
         check_supported(compose_in("quantize", ["quant.w_bits=1"]).quant)
     with pytest.raises(QexpError, match=r"quant.flow='onnx' is not known"):
@@ -18,6 +20,7 @@ def test_check_supported_refuses_unknown_settings_as_user_errors_and_gaps_as_uns
         check_supported(compose_in("quantize", ["quant=torch_ptq", "quant.flow=pt2e", "bits=4"]).quant)
     check_supported(compose_in("quantize", ["quant=none"]).quant)
     check_supported(compose_in("quantize", ["bits=2", "observer=percentile"]).quant)
+    check_supported(compose_in("quantize", ["quant=qat", "bits=2", "quant.a_bits=4"]).quant)
 
 
 def test_ptq_config_and_recovery_read_the_composed_cell(compose_in):
@@ -30,3 +33,9 @@ def test_ptq_config_and_recovery_read_the_composed_cell(compose_in):
     assert config.mixed_widths == (8, 4, 2) and config.average_bits is None
     assert recovery(quant) == "CLE + AdaRound+LSQ+QDrop 2000 steps + bias corr."
     assert recovery(compose_in("quantize", []).quant) is None
+
+
+def test_a_qat_cell_is_our_ptq_cell_plus_its_training_settings(compose_in):
+    quant = compose_in("quantize", ["quant=qat", "bits=2", "quant.a_bits=4", "observer=mse", "quant.epochs=3"]).quant
+    assert ptq_config(quant) == ptq_config(compose_in("quantize", ["bits=2", "quant.a_bits=4", "observer=mse"]).quant)
+    assert qat_config(quant) == QATConfig(epochs=3)  # the other settings are the documented defaults

@@ -128,9 +128,11 @@ def test_an_internal_error_keeps_its_type_in_the_reason_and_its_traceback_in_the
 
 def test_a_user_error_is_its_message_alone(compose_in, weights_file: Path, caplog):
     with caplog.at_level("ERROR", logger="qexp.quantize"):
-        result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant.method=qat"]))
+        result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant.method=gptq"]))
     assert result["status"] == "failed"
-    assert result["reason"] == "quant.method='qat' is not known; expected one of ('none', 'custom_ptq', 'torch_ptq')."
+    assert result["reason"] == (
+        "quant.method='gptq' is not known; expected one of ('none', 'custom_ptq', 'torch_ptq', 'qat')."
+    )
     assert "Traceback" not in caplog.text
 
 

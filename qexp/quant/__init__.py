@@ -1,14 +1,16 @@
 """Quantization of a trained model: the public API that the entry points use (see ``api.py``)."""
 
-from qexp.quant.api import Quantized, check_supported, ptq_config, quantize, recovery
+from qexp.quant.api import Quantized, check_supported, ptq_config, qat_config, quantize, recovery
 from qexp.quant.core.affine import check_bits
 from qexp.quant.core.modules import layer_bits, layer_names
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
 from qexp.quant.export.packed import serialized_bytes
+from qexp.quant.qat.finetune import QATConfig
 from qexp.quant.unsupported import Unsupported
 
 __all__ = [
     "PTQConfig",
+    "QATConfig",
     "Quantized",
     "Unsupported",
     "check_bits",
@@ -16,6 +18,7 @@ __all__ = [
     "layer_bits",
     "layer_names",
     "ptq_config",
+    "qat_config",
     "quantize",
     "quantize_model",
     "recovery",

@@ -1,14 +1,17 @@
 """The one quantization API that the entry points call: check a cell, quantize a model, describe it.
 
 A cell is ``quant`` (``conf/quant/*.yaml`` after Hydra composed it): ``method`` none, custom_ptq
-(ours, ``custom/``) or torch_ptq (PyTorch's, ``pytorch/``, ``flow`` fx or pt2e), the widths, the
-observer and the recovery options. ``check_supported`` turns a cell away before any work;
-``quantize`` returns the quantized model with its stored size and what went into it.
+(ours, ``custom/``), torch_ptq (PyTorch's, ``pytorch/``, ``flow`` fx or pt2e) or qat (ours fine-tuned,
+``qat/``), the widths, the observer and the recovery options. ``check_supported`` turns a cell away
+before any work; ``quantize`` returns the quantized model with its stored size and what went into it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -24,8 +27,9 @@ from qexp.quant.custom.reconstruct import ReconstructionConfig
 from qexp.quant.export.packed import integer_export, serialized_bytes
 from qexp.quant.pytorch import fx, pt2e
 from qexp.quant.pytorch.float16 import FP16_REASON, to_float16
+from qexp.quant.qat.finetune import QATConfig, check_held_out, fine_tune
 
-METHODS = ("none", "custom_ptq", "torch_ptq")
+METHODS = ("none", "custom_ptq", "torch_ptq", "qat")
 FLOWS = ("fx", "pt2e")
 
 
@@ -43,8 +47,8 @@ class Quantized(NamedTuple):
 def check_supported(quant: DictConfig) -> None:
     """Turn a cell away before any work: ``QexpError`` for what qexp does not know, ``Unsupported`` for what it lacks.
 
-    Checks the method, the widths and, for PyTorch's PTQ, the flow and what that flow offers. Our
-    PTQ's other settings are checked when ``ptq_config`` builds them.
+    Checks the method, the widths, QAT's training settings and, for PyTorch's PTQ, the flow and
+    what that flow offers. Our PTQ's other settings are checked when ``ptq_config`` builds them.
     """
     if quant.method not in METHODS:
         raise QexpError(f"quant.method={quant.method!r} is not known; expected one of {METHODS}.")
@@ -52,6 +56,8 @@ def check_supported(quant: DictConfig) -> None:
         return
     check_bits(quant.w_bits, "quant.w_bits")
     check_bits(quant.a_bits, "quant.a_bits")
+    if quant.method == "qat":
+        qat_config(quant)
     if quant.method != "torch_ptq":
         return
     if quant.flow not in FLOWS:
@@ -60,12 +66,23 @@ def check_supported(quant: DictConfig) -> None:
     flow.check_supported((quant.w_bits, quant.a_bits), quant.observer, quant.granularity)
 
 
-def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> Quantized:
+def quantize(
+    model: nn.Module,
+    quant: DictConfig,
+    datamodule: CIFAR10DataModule,
+    *,
+    workdir: Path | None = None,
+    resume: bool = True,
+    checkpoint_meta: Mapping[str, Any] | None = None,
+) -> Quantized:
     """The quantized model for ``quant.method``, its stored size and what went into it.
 
     ``check_supported(quant)`` has already turned away what cannot be done. Calibration uses
     ``datamodule``'s calibration images (training data); pt2e also reads the test split, for the
-    top-1 of its reference graph and an example batch to compile with.
+    top-1 of its reference graph and an example batch to compile with. QAT trains on the
+    training split and validates on the validation split, which must be the one the checkpoint
+    was trained without (``checkpoint_meta``, the weight file's metadata, says which); it
+    checkpoints into ``workdir`` and, with ``resume``, continues from the checkpoint there.
     """
     batches = datamodule.calibration_batches(torch.device("cpu"))
     if quant.method == "none":
@@ -73,6 +90,9 @@ def quantize(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule)
     if quant.method == "custom_ptq":
         quantized, images = quantize_model(model, ptq_config(quant), batches)
         return Quantized(quantized, serialized_bytes(integer_export(quantized)), images, "")
+    if quant.method == "qat":
+        assert workdir is not None, "QAT needs a directory for its checkpoints"
+        return quantize_with_qat(model, quant, datamodule, workdir, resume, checkpoint_meta or {})
     if quant.get("flow") == "pt2e":
         return quantize_with_pt2e(model, quant, datamodule)
     if (quant.w_bits, quant.a_bits) == (8, 8):
@@ -97,6 +117,36 @@ def quantize_with_pt2e(model: nn.Module, quant: DictConfig, datamodule: CIFAR10D
     }
     note = "pt2e static int8 (X86InductorQuantizer), lowered by torch.compile with freezing"
     return Quantized(lowered, serialized_bytes(pt2e.used_state(converted)), images, note, extra)
+
+
+def quantize_with_qat(
+    model: nn.Module,
+    quant: DictConfig,
+    datamodule: CIFAR10DataModule,
+    workdir: Path,
+    resume: bool,
+    checkpoint_meta: Mapping[str, Any],
+) -> Quantized:
+    """QAT: our PTQ model (exactly as ``custom_ptq`` makes it) fine-tuned with distillation from ``model``."""
+    config = qat_config(quant)
+    check_held_out(checkpoint_meta, datamodule)
+    start, images = quantize_model(model, ptq_config(quant), datamodule.calibration_batches(torch.device("cpu")))
+    run = fine_tune(start, model, datamodule, config, quant.trainer, workdir, resume)
+    extra = {
+        "qat_epochs": run.epochs,
+        "qat_seconds": run.seconds,
+        "qat_chosen_epoch": run.chosen_epoch,
+        "qat_val_top1": run.val_top1[run.chosen_epoch - 1] if run.val_top1 else None,
+        "val_top1": run.val_top1,
+    }
+    chosen = f"epoch {run.chosen_epoch} chosen on validation" if run.val_top1 else "no validation split: last epoch"
+    note = f"QAT from our PTQ, {run.epochs} epochs distilled from FP32, {chosen}"
+    return Quantized(run.model, serialized_bytes(integer_export(run.model)), images, note, extra)
+
+
+def qat_config(quant: DictConfig) -> QATConfig:
+    """QAT's training settings from ``conf/quant/qat.yaml``; ``QexpError`` for a value it cannot use."""
+    return QATConfig(**{field.name: quant[field.name] for field in fields(QATConfig)})
 
 
 def ptq_config(quant: DictConfig) -> PTQConfig:

@@ -1,0 +1,192 @@
+"""Quantization-aware training on the training stack: the Classifier distils the quantized model from the FP32 one.
+
+``fine_tune`` hands a frozen PTQ model, its quantizers swapped for learned-step stand-ins
+(``lsq.py``), to the same ``Classifier`` that trains the float networks, with the FP32 model as
+its teacher: the Classifier sees an ``nn.Module`` and knows nothing of quantization. Lightning
+checkpoints every epoch into the cell's directory and a run started again resumes from there;
+the epoch with the best validation top-1 is the one returned, so the test split is only read
+afterwards, once, by the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig
+from torch import nn
+
+from qexp.callbacks import EpochLog
+from qexp.data import CIFAR10DataModule
+from qexp.errors import QexpError
+from qexp.module import Classifier
+from qexp.quant.qat.lsq import freeze_step_sizes, learn_step_sizes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """How the PTQ model is fine-tuned (``conf/quant/qat.yaml``): SGD with Nesterov momentum, warm-up + cosine."""
+
+    epochs: int = 15
+    batch_size: int = 256
+    lr: float = 0.01  # weights and step sizes alike: LSQ's gradient scale balances them
+    momentum: float = 0.9
+    weight_decay: float = 5e-5  # conv/linear weights only
+    warmup_epochs: float = 0.5
+    alpha: float = 0.9  # weight of the distillation term
+    temperature: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
+            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "alpha": 0 <= self.alpha <= 1,
+            "temperature": self.temperature > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise QexpError(
+                    f"quant.{name}={getattr(self, name)!r} is out of range; expected integer epochs and batch_size "
+                    ">= 1, lr and temperature > 0, momentum in [0, 1), weight_decay and warmup_epochs >= 0, alpha "
+                    "in [0, 1]."
+                )
+
+
+class QATRun(NamedTuple):
+    """What ``fine_tune`` returns: the model at the chosen epoch and what ``result.json`` says of the training."""
+
+    model: nn.Module  # quantizers frozen again with the learned scales, on the CPU, in eval mode
+    epochs: int  # epochs trained, across resumed runs
+    seconds: float  # training time, across resumed runs
+    val_top1: list[float]  # validation top-1 (%) after each epoch; empty without a validation split
+    chosen_epoch: int  # 1-based: the best validation top-1 (the first of equals), or the last epoch without one
+
+
+class ValidationHistory(L.Callback):
+    """The validation top-1 after every epoch, kept in the checkpoints so that a resumed run knows all of them."""
+
+    def __init__(self) -> None:
+        self.top1: list[float] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation has run by now; the checkpoint callbacks run after this one and save the entry.
+        value = trainer.callback_metrics.get("val/acc")
+        if value is not None:
+            self.top1.append(100 * float(value))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"top1": list(self.top1)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.top1 = list(state_dict["top1"])
+
+
+def check_held_out(checkpoint_meta: Mapping[str, Any], datamodule: CIFAR10DataModule) -> None:
+    """``QexpError`` unless ``datamodule``'s validation split is the one the checkpoint was trained without.
+
+    QAT chooses its epoch on that split; images the float model was trained on would flatter
+    every epoch and make the choice one of noise. Weight files record ``val_size`` and
+    ``split_seed``; a file without them (written before they were recorded) is taken at its word.
+    """
+    val_size, seed = checkpoint_meta.get("val_size"), checkpoint_meta.get("split_seed")
+    if val_size is None:
+        return
+    same_seed = seed is None or val_size == 0 or seed == datamodule.seed
+    if val_size == datamodule.val_size and same_seed:
+        return
+    held_out = f"data.val_size={val_size} data.seed={seed}" if val_size else "data.val_size=0"
+    raise QexpError(
+        f"the checkpoint was trained with {held_out} held out, but this run validates on data.val_size="
+        f"{datamodule.val_size} data.seed={datamodule.seed}: QAT would choose its epoch on images the FP32 model "
+        f"was trained on. Run with {held_out} (with data.val_size=0 nothing is held out and QAT keeps its last "
+        "epoch)."
+    )
+
+
+def fine_tune(
+    student: nn.Module,
+    teacher: nn.Module,
+    datamodule: CIFAR10DataModule,
+    config: QATConfig,
+    trainer_cfg: DictConfig,
+    directory: Path,
+    resume: bool = True,
+) -> QATRun:
+    """Fine-tune ``student``, a frozen PTQ model (changed in place), on the training split, distilled from ``teacher``.
+
+    ``trainer_cfg`` is a ``lightning.Trainer`` config (``quant.trainer``); its ``max_epochs`` is
+    ``config.epochs``. ``directory`` receives the epoch log (``csv/``) and the checkpoints
+    (``checkpoints/``): ``last.ckpt`` after every epoch (``resume`` continues from it) and
+    ``best.ckpt``, the epoch with the best validation top-1, which is the model returned.
+    ``teacher`` is frozen and put in eval mode.
+    """
+    L.seed_everything(config.seed, workers=True)
+    data = copy.copy(datamodule)  # the caller's module keeps its batch size
+    data.batch_size = config.batch_size
+    module = Classifier(
+        learn_step_sizes(student.requires_grad_(True).train()),  # train mode: nothing in it but what trains
+        optimizer=partial(torch.optim.SGD, lr=config.lr, momentum=config.momentum, nesterov=True),
+        teacher=teacher,
+        distill_alpha=config.alpha,
+        distill_temperature=config.temperature,
+        weight_decay=config.weight_decay,
+        warmup_epochs=config.warmup_epochs,
+        label_smoothing=0.0,  # the teacher's soft targets already smooth the labels
+    )
+    checkpoints = directory / "checkpoints"
+    history, clock = ValidationHistory(), EpochLog()
+    callbacks: list[L.Callback] = [history, clock]
+    best = None
+    if "val" in datamodule.splits:
+        best = ModelCheckpoint(
+            dirpath=checkpoints, filename="best", monitor="val/acc", mode="max", save_top_k=1,
+            save_on_train_epoch_end=True,
+        )  # fmt: skip
+        callbacks.append(best)
+    # A monitored checkpoint is written only when validation improves: this one writes last.ckpt
+    # after every epoch (save_top_k=0 would write it only when training ends). Both save at the
+    # epoch's end, after the history and the clock have counted it.
+    callbacks.append(ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=1, save_on_train_epoch_end=True))
+    interactive = sys.stdout.isatty()  # a progress bar floods nohup and CI logs
+    if interactive:
+        callbacks.append(TQDMProgressBar(refresh_rate=20))
+    trainer = instantiate(
+        trainer_cfg,
+        max_epochs=config.epochs,
+        default_root_dir=directory,
+        logger=CSVLogger(directory, name="csv"),
+        callbacks=callbacks,
+        enable_progress_bar=interactive,
+    )
+    last = checkpoints / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        log.info("resuming QAT from %s", last)
+    # Checkpoints this code wrote into the cell's own directory; their hyper-parameters hold the
+    # optimizer's partial, which a weights-only load refuses.
+    trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=False)
+    chosen = trainer.current_epoch
+    if best is not None and best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        chosen = state["epoch"] + 1
+    model = freeze_step_sizes(module.model).cpu().eval()
+    return QATRun(model, trainer.current_epoch, round(clock.seconds, 1), history.top1, chosen)

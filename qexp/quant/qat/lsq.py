@@ -1,0 +1,92 @@
+"""Learned step sizes (LSQ): trainable scales with LSQ's gradient scale and straight-through rounding.
+
+Esser et al. (2020): a quantizer's step size ``s`` is a parameter trained with the weights. The
+forward pass is the frozen quantizer's, ``x_hat = (clamp(round(x / s) + z, qmin, qmax) - z) * s``;
+the rounding is straight-through, so a value inside the grid's range passes its gradient on
+unchanged and a clamped one passes none, and ``s`` gets ``round(x / s) - x / s`` from a value
+inside the range and ``qmin - z`` or ``qmax - z`` from a clamped one. Because one ``s`` collects
+that from every value it quantizes, its gradient is multiplied by ``g = 1 / sqrt(N * qmax)``
+(``N`` values share it), which puts step sizes and weights on the same footing for one learning
+rate. Zero points stay where calibration put them (the real 0 stays on the grid).
+
+The stand-ins replace a frozen model's ``FakeQuantize`` modules while it trains and give them
+back with the learned scales afterwards, so the trained model is the same kind of model as our
+PTQ's: the integer export, the payload count and the evaluation read it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qexp.quant.core.affine import MIN_SCALE, fake_quantize
+from qexp.quant.core.modules import FakeQuantize, Mode, quantizers, swap_module
+
+
+def scale_gradient(x: Tensor, factor: float) -> Tensor:
+    """``x`` in the forward pass; in the backward pass its gradient multiplied by ``factor``."""
+    scaled = x * factor
+    return (x - scaled).detach() + scaled
+
+
+def gradient_factor(values_per_scale: int, qmax: int) -> float:
+    """LSQ's ``g = 1 / sqrt(N * qmax)`` for a step size shared by ``N`` values on a grid up to ``qmax``."""
+    return 1.0 / math.sqrt(values_per_scale * qmax)
+
+
+class LearnedStepQuantizer(nn.Module):
+    """Stands in for a frozen ``FakeQuantize`` during QAT: same grid, a trainable scale, a fixed zero point.
+
+    ``per_image``: the quantizer sees activations whose first dimension is the batch, so ``N`` is
+    the number of values of one image (LSQ's features per layer); for a weight ``N`` is the number
+    of values that share a scale (a channel, or the whole tensor).
+    """
+
+    def __init__(self, quantizer: FakeQuantize, per_image: bool) -> None:
+        super().__init__()
+        self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
+        self.axis = quantizer.observer.axis
+        self.per_image = per_image
+        self.scale = nn.Parameter(quantizer.scale.detach().clone())
+        self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
+        self._frozen = (quantizer,)  # a plain tuple: not a submodule, so neither trained nor saved twice
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Fake quantization is not exact under bf16: with 8 significant bits, x / s of an 8-bit
+        # activation (up to 255) is off by up to a whole step, and at 4 bits rounding decisions
+        # near a level still move. So the quantizer computes in float32 whatever autocast does;
+        # only the convolutions that read its output run in bf16, whose rounding of a grid value
+        # (2^-9 relative) is the error bf16 training of the float model already accepts.
+        x = x.float()
+        values = x[0].numel() if self.per_image else x.numel() // self.scale.numel()
+        scale = scale_gradient(self.scale.clamp(min=MIN_SCALE), gradient_factor(values, self.qmax))
+        return fake_quantize(x, scale, self.zero_point, self.qmin, self.qmax, self.axis)
+
+    @torch.no_grad()
+    def write_back(self) -> FakeQuantize:
+        """The quantizer this stands for, its scale now the learned one."""
+        quantizer = self._frozen[0]
+        quantizer.scale.copy_(self.scale.clamp(min=MIN_SCALE))
+        return quantizer
+
+    def extra_repr(self) -> str:
+        return f"range=[{self.qmin}, {self.qmax}], axis={self.axis}"
+
+
+def learn_step_sizes(model: nn.Module) -> nn.Module:
+    """Swap every quantizer of a frozen model for a ``LearnedStepQuantizer``, in place; returns ``model``."""
+    activations = quantizers(model, "activation")
+    for name, quantizer in quantizers(model).items():
+        assert quantizer.mode is Mode.QUANTIZE, f"{name} is not frozen: QAT starts from a frozen PTQ model"
+        swap_module(model, name, LearnedStepQuantizer(quantizer, per_image=name in activations))
+    return model
+
+
+def freeze_step_sizes(model: nn.Module) -> nn.Module:
+    """Undo ``learn_step_sizes`` in place: each quantizer back, holding its learned scale; returns ``model``."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LearnedStepQuantizer):
+            swap_module(model, name, module.write_back())
+    return model

@@ -1,0 +1,198 @@
+"""QAT (quant=qat): LSQ's straight-through gradients, a training step, the entry point, the report, bad input."""
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from qexp.errors import QexpError
+from qexp.module import Classifier
+from qexp.quant.core.modules import FakeQuantize, Mode, QuantLayer, quantizers
+from qexp.quant.core.observers import OBSERVERS
+from qexp.quant.custom.ptq import PTQConfig, quantize_model
+from qexp.quant.qat.finetune import QATConfig, ValidationHistory, check_held_out
+from qexp.quant.qat.lsq import LearnedStepQuantizer, freeze_step_sizes, learn_step_sizes
+from qexp.quantize import run
+from qexp.report import report
+from qexp.weights import save_weights
+from tests.conftest import compose_config
+from tests.test_ptq import batches, tiny_resnet
+
+# A QAT cell small enough for a test: 3 steps of 64 synthetic images per epoch.
+SHORT = ["data=synthetic", "quant=qat", "quant.batch_size=64", "quant.trainer.limit_train_batches=3"]
+
+
+def frozen_quantizer(scale: float, zero_point: float) -> FakeQuantize:
+    quantizer = FakeQuantize(OBSERVERS["minmax"](2, symmetric=False))  # the grid [0, 3]
+    quantizer.scale.fill_(scale)
+    quantizer.zero_point.fill_(zero_point)
+    quantizer.mode = Mode.QUANTIZE
+    return quantizer
+
+
+def test_lsq_gradients_are_straight_through_with_the_lsq_scale():
+    stand_in = LearnedStepQuantizer(frozen_quantizer(0.5, 1.0), per_image=True)
+    x = torch.tensor([[-2.0, 0.2, 0.7, 3.0]], requires_grad=True)  # below the grid, two inside, above it
+    out = stand_in(x)
+    assert out.tolist() == [[-0.5, 0.0, 0.5, 1.0]]  # (clamp(round(x / s) + z, 0, 3) - z) * s
+    out.sum().backward()
+    assert x.grad.tolist() == [[0.0, 1.0, 1.0, 0.0]]  # straight through inside the range, nothing where clamped
+    # d/ds: qmin - z below, round(x/s) - x/s inside, qmax - z above; times g = 1 / sqrt(4 values * qmax 3)
+    expected = ((0 - 1) + (0 - 0.4) + (1 - 1.4) + (3 - 1)) / math.sqrt(4 * 3)
+    assert stand_in.scale.grad.item() == pytest.approx(expected)
+
+
+def test_lsq_output_matches_the_frozen_quantizer_under_bf16_autocast():
+    quantizer = frozen_quantizer(0.05, 0.0)
+    stand_in = LearnedStepQuantizer(quantizer, per_image=True)
+    x = torch.rand(4, 8, generator=torch.Generator().manual_seed(0)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = stand_in(x)
+    assert out.dtype == torch.float32  # the quantizer computes in float32 whatever autocast does
+    assert torch.equal(out, quantizer(x.float()))
+
+
+def test_gradients_reach_every_weight_and_step_size_and_scales_are_written_back():
+    model = tiny_resnet()
+    student, _ = quantize_model(model, PTQConfig(w_bits=2, a_bits=4), batches(1))
+    before = {name: q.scale.clone() for name, q in quantizers(student).items()}
+    learn_step_sizes(student)
+    stand_ins = {name: m for name, m in student.named_modules() if isinstance(m, LearnedStepQuantizer)}
+    assert stand_ins.keys() == before.keys() and not quantizers(student)
+    student(batches(2)[0]).logsumexp(1).sum().backward()
+    layers = [m for m in student.modules() if isinstance(m, QuantLayer)]
+    assert all(layer.layer.weight.grad.abs().sum() > 0 for layer in layers)
+    assert all(stand_in.scale.grad.abs().sum() > 0 for stand_in in stand_ins.values())
+    with torch.no_grad():
+        for stand_in in stand_ins.values():
+            stand_in.scale.mul_(1.5)
+    freeze_step_sizes(student)
+    after = quantizers(student)
+    assert after.keys() == before.keys() and all(q.mode is Mode.QUANTIZE for q in after.values())
+    assert all(torch.allclose(after[name].scale, 1.5 * before[name]) for name in before)
+
+
+def test_one_qat_step_lowers_the_distillation_loss_on_a_tiny_model():
+    teacher = tiny_resnet()
+    student, _ = quantize_model(teacher, PTQConfig(w_bits=2, a_bits=4, observer="mse"), batches(1))
+    module = Classifier(learn_step_sizes(student.requires_grad_(True).train()), optimizer=torch.optim.SGD,
+                        teacher=teacher, label_smoothing=0.0)  # fmt: skip
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    images = batches(2)[0]
+    labels = teacher(images).argmax(1)
+    optimizer = torch.optim.SGD(module.model.parameters(), lr=1e-2)
+    loss = module.training_step((images, labels), 0)
+    loss.backward()
+    optimizer.step()
+    assert module.training_step((images, labels), 0).detach() < 0.97 * loss.detach()  # 0.333 -> 0.314
+
+
+@pytest.mark.parametrize(
+    ("meta", "val_size", "seed", "message"),
+    [
+        ({}, 64, 0, None),  # a file written before splits were recorded
+        ({"val_size": 64, "split_seed": 0}, 64, 0, None),
+        ({"val_size": 0, "split_seed": 3}, 0, 0, None),  # nothing held out, nothing validated
+        ({"val_size": 5000, "split_seed": 0}, 64, 0, "trained with data.val_size=5000 data.seed=0 held out"),
+        ({"val_size": 64, "split_seed": 1}, 64, 0, "Run with data.val_size=64 data.seed=1"),
+        ({"val_size": 0, "split_seed": 0}, 64, 0, "trained with data.val_size=0 held out"),
+    ],
+)
+def test_the_validation_split_must_be_the_one_the_checkpoint_was_trained_without(meta, val_size, seed, message):
+    data = SimpleNamespace(val_size=val_size, seed=seed)
+    if message is None:
+        check_held_out(meta, data)
+    else:
+        with pytest.raises(QexpError, match=message):
+            check_held_out(meta, data)
+
+
+def test_bad_training_settings_are_refused():
+    with pytest.raises(QexpError, match=r"quant.epochs=0 is out of range"):
+        QATConfig(epochs=0)
+    with pytest.raises(QexpError, match=r"quant.alpha=1.5 is out of range"):
+        QATConfig(alpha=1.5)
+
+
+def test_a_short_qat_cell_runs_through_the_entry_point_and_lands_in_the_report(tmp_path: Path, weights_file: Path):
+    cell = run(compose_config("quantize", [*SHORT, f"checkpoint={weights_file}", "bits=4", "quant.epochs=2"],
+                              tmp_path / "sweep" / "0"))  # fmt: skip
+    assert cell["status"] == "ok", cell["reason"]
+    assert (cell["quant"], cell["w_bits"], cell["a_bits"], cell["qat_epochs"]) == ("qat", 4, 4, 2)
+    assert len(cell["val_top1"]) == 2 and cell["qat_chosen_epoch"] in (1, 2) and cell["qat_seconds"] > 0
+    assert cell["qat_val_top1"] == max(cell["val_top1"]) == cell["val_top1"][cell["qat_chosen_epoch"] - 1]
+    assert cell["calib_images"] == 128 and 0 <= cell["top1"] <= 100
+    checkpoints = next((tmp_path / "sweep" / "0" / "qat").iterdir()) / "checkpoints"
+    assert {"last.ckpt", "best.ckpt"} <= {p.name for p in checkpoints.iterdir()}
+    ptq = run(compose_config("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=4"],
+                             tmp_path / "sweep" / "1"))  # fmt: skip
+    # The same integer export: the fine-tuned model stores what the PTQ model stores.
+    assert (cell["size_bytes"], cell["payload_bytes"]) == (ptq["size_bytes"], ptq["payload_bytes"])
+    assert cell["layer_bits"] == ptq["layer_bits"]
+    run(compose_config("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant=none"],
+                       tmp_path / "sweep" / "2"))  # fmt: skip
+    frame = report([tmp_path / "sweep"], tmp_path / "report")
+    assert sorted(frame["quant"]) == ["custom_ptq", "none", "qat"]
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert f"| QAT · minmax |  |  | {cell['top1']:.2f} ({cell['top1'] - cell['fp32_top1']:+.2f}) |  |" in text
+    assert f"| QAT · minmax | W4A4 | {cell['top1']:.2f} |" in text  # at a glance
+    assert "| + QAT |" in text  # a row of the recovery table, beside round-to-nearest
+
+
+def test_a_killed_qat_cell_resumes_from_its_last_epoch(tmp_path: Path, weights_file: Path, monkeypatch, caplog):
+    overrides = [*SHORT, f"checkpoint={weights_file}", "bits=4", "quant.epochs=2"]
+    original = ValidationHistory.on_train_epoch_end
+
+    def killed_after_the_first_epoch(self, trainer, pl_module):
+        original(self, trainer, pl_module)
+        if len(self.top1) == 2:
+            raise RuntimeError("killed")  # before the checkpoints of epoch 2 are written
+
+    monkeypatch.setattr(ValidationHistory, "on_train_epoch_end", killed_after_the_first_epoch)
+    killed = run(compose_config("quantize", overrides, tmp_path))
+    assert killed["status"] == "failed" and killed["reason"] == "RuntimeError: killed"
+    (last,) = tmp_path.glob("qat/*/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    monkeypatch.setattr(ValidationHistory, "on_train_epoch_end", original)
+    with caplog.at_level("INFO"):
+        resumed = run(compose_config("quantize", overrides, tmp_path))
+    assert resumed["status"] == "ok", resumed["reason"]
+    assert "resuming QAT from" in caplog.text
+    assert "epoch 2/2" in caplog.text and "epoch 1/2" not in caplog.text  # only the second epoch ran again
+    assert resumed["qat_epochs"] == 2 and len(resumed["val_top1"]) == 2  # the first epoch's entry came back
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path: Path, weights_file: Path):
+    cell = run(compose_config("quantize", [*SHORT, f"checkpoint={weights_file}", "bits=4", "quant.epochs=1",
+                                           "data.val_size=0"], tmp_path))  # fmt: skip
+    assert cell["status"] == "ok", cell["reason"]
+    assert (cell["qat_chosen_epoch"], cell["val_top1"], cell["qat_val_top1"]) == (1, [], None)
+    assert "no validation split: last epoch" in cell["reason"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["quant.w_bits=1"], "quant.w_bits=1 is not supported; expected an integer from 2 to 16."),
+        (["bits=20"], "quant.w_bits=20 is not supported; expected an integer from 2 to 16."),
+        (["checkpoint=/nonexistent/weights.pt"], "checkpoint='/nonexistent/weights.pt' does not exist"),
+        (["quant.epochs=0"], "quant.epochs=0 is out of range"),
+    ],
+)
+def test_bad_input_fails_the_cell_with_the_same_reason_as_other_methods(compose_in, weights_file, overrides, message):
+    result = run(compose_in("quantize", [*SHORT, f"checkpoint={weights_file}", *overrides]))
+    assert result["status"] == "failed" and message in result["reason"]
+
+
+def test_a_checkpoint_trained_on_the_validation_images_is_refused(tmp_path: Path):
+    from qexp.models import resnet20
+
+    path = tmp_path / "weights.pt"
+    save_weights(path, resnet20(), arch="resnet20", meta={"val_size": 0, "split_seed": 0})
+    result = run(compose_config("quantize", [*SHORT, f"checkpoint={path}", "bits=4"], tmp_path / "cell"))
+    assert result["status"] == "failed"
+    assert result["reason"].startswith("the checkpoint was trained with data.val_size=0 held out, but this run")
+    assert json.loads((tmp_path / "cell" / "result.json").read_text())["reason"] == result["reason"]
