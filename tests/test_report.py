@@ -4,6 +4,7 @@ from pathlib import Path
 import pandas as pd
 
 from qexp.report import main, report
+from qexp.report.tables import size_table
 
 
 def fake_cell(root: Path, name: str, finished: str, **fields) -> None:
@@ -146,3 +147,23 @@ def test_the_command_takes_sweeps_or_a_results_csv(tmp_path: Path, capsys):
     assert "one of the two" in capsys.readouterr().err
     assert main(["--from-csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r")]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_qat_cells_are_a_method_of_their_own_in_every_table(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", quant="none", w_bits=32, a_bits=32, observer="none", top1=91.0,
+              size_bytes=1_100_000)  # fmt: skip
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=70.0)
+    fake_cell(sweep, "2", "2026-01-01T00:00:02", quant="qat", w_bits=4, a_bits=4, top1=90.0, seconds=900.0)
+    fake_cell(sweep, "3", "2026-01-01T00:00:03", quant="qat", w_bits=2, a_bits=4, top1=85.0, seconds=1200.0,
+              recovery="BRECQ 3 steps")  # fmt: skip
+    frame = report([sweep], tmp_path / "report")  # QAT and no recovery recipe: the recovery panel has QAT alone
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "| QAT · minmax |  |  | 90.00 (-1.00) |  |" in text
+    assert "| QAT · minmax | W4A4 | 90.00 | -1.00 | 78 |" in text  # at a glance
+    assert "| recipe | W4A4 | W2A4 | seconds per cell |" in text
+    assert "| round-to-nearest | 70.00 (-21.00) |  | 1 |" in text
+    assert "| + QAT | **90.00 (-1.00)** |  | 900 |" in text
+    assert "| + BRECQ 3 steps + QAT |  | **85.00 (-6.00)** | 1200 |" in text
+    assert "| QAT (integer export) |  |  | 78 (0.07×) |  |" in size_table(frame)  # the README's size block
+    assert len(list((tmp_path / "report").glob("*.png"))) == 4

@@ -21,7 +21,7 @@ CELL = [
 ]  # fmt: skip
 BITS = [16, 8, 4, 2]
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
-METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch"}
+METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch", "qat": "QAT"}
 
 
 def collect(directories: list[Path]) -> pd.DataFrame:
@@ -157,16 +157,26 @@ def with_recovery(frame: pd.DataFrame) -> pd.DataFrame:
     ]
 
 
+def qat_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """QAT at uniform widths (no first/last or mixed widths), whatever PTQ recipe it started from."""
+    return frame[(frame["quant"] == "qat") & frame["first_last_bits"].isna() & frame["average_bits"].isna()]
+
+
 def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tuple[str, pd.DataFrame]]]:
-    """What the recovery table and panel show: the ``(w_bits, a_bits)`` settings a recipe ran at (widest
-    first), and ``(label, ok cells)`` per observer: round-to-nearest (where it ran at one of them), then
-    each recipe in order of its top-1 at the first setting it has. Labels name the observer only when
-    there is more than one.
+    """What the recovery table and panel show: the ``(w_bits, a_bits)`` settings a recipe or QAT ran at
+    (widest first), and ``(label, ok cells)`` per observer: round-to-nearest (where it ran at one of
+    them), then each recipe and QAT (``+ QAT``, or ``+ recipe + QAT`` when QAT started from a recipe) in
+    order of its top-1 at the first setting it has. Labels name the observer only when there is more
+    than one.
     """
     ok = ok_cells(frame)
     recovered = with_recovery(ok)
-    settings = sorted(set(zip(recovered["w_bits"], recovered["a_bits"], strict=True)), reverse=True)
-    observers = list(dict.fromkeys(recovered["observer"]))
+    qat = qat_cells(ok)
+    settings = sorted(
+        {*zip(recovered["w_bits"], recovered["a_bits"], strict=True), *zip(qat["w_bits"], qat["a_bits"], strict=True)},
+        reverse=True,
+    )
+    observers = list(dict.fromkeys([*recovered["observer"], *qat["observer"]]))
     baseline = round_to_nearest(ok)
 
     def first_top1(cells: pd.DataFrame) -> float:
@@ -179,6 +189,10 @@ def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tupl
         recipes = [
             (f"{prefix}+ {recipe}", ours[ours["recovery"] == recipe]) for recipe in dict.fromkeys(ours["recovery"])
         ]
+        tuned = qat[qat["observer"] == observer]
+        for start in dict.fromkeys(tuned["recovery"]):  # None: QAT from round-to-nearest
+            label = f"{prefix}+ {start} + QAT" if start is not None else f"{prefix}+ QAT"
+            recipes.append((label, tuned[tuned["recovery"].map(lambda recovery, start=start: recovery == start)]))
         rows.append((f"{prefix}round-to-nearest", baseline[baseline["observer"] == observer]))
         rows += sorted(recipes, key=lambda item: first_top1(item[1]))
     return settings, [(label, cells) for label, cells in rows if first_top1(cells) != float("inf")]

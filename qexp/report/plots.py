@@ -21,6 +21,7 @@ from qexp.report.cells import (
     fp32_cell,
     ok_cells,
     pytorch_int8,
+    qat_cells,
     recovery_rows,
     round_to_nearest,
     uniform,
@@ -38,6 +39,7 @@ COLOURS = {
     "PyTorch FX": "tab:orange",
     "PyTorch pt2e": "tab:red",
     "PyTorch float16": "tab:purple",
+    "QAT": "darkgreen",
 }
 RECIPE_COLOURS = ["tab:brown", "tab:gray", "gold", "teal", "navy", "lime"]
 OBSERVER_STYLES = {"minmax": ("-", "o"), "percentile": (":", "^"), "mse": ("--", "s")}
@@ -86,7 +88,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def plot_glance(frame: pd.DataFrame, out: Path) -> Path:
-    """Top-1 against bit width: ours round-to-nearest and best recovery (best observers), PyTorch, FP32."""
+    """Top-1 against bit width: ours round-to-nearest, best recovery and QAT (best observers), PyTorch, FP32."""
     plt = _pyplot()
     ok = ok_cells(frame)
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
@@ -94,6 +96,7 @@ def plot_glance(frame: pd.DataFrame, out: Path) -> Path:
     for label, colour, cells, marker, offset in (
         ("ours, round-to-nearest (best observer)", COLOURS["ours"], round_to_nearest(ok), "o", (6, -12)),
         ("ours, best recovery recipe", COLOURS["ours + recovery"], with_recovery(ok), "s", (-36, -3)),
+        ("QAT (best observer)", COLOURS["QAT"], qat_cells(ok), "D", (6, 4)),
     ):
         points = [(POSITION[b], cell["top1"]) for b in BITS if (cell := best(uniform(cells, b))) is not None]
         if points:
@@ -168,24 +171,26 @@ def _recovery_panel(ax, frame: pd.DataFrame) -> None:
     from matplotlib.patches import Patch
 
     settings, recipes = recovery_rows(frame)
-    observers = sorted(set(with_recovery(ok_cells(frame))["observer"]))
-    ax.set_title("Recovery recipes of our PTQ" + (f" (observer {observers[0]})" if len(observers) == 1 else ""))
+    ok = ok_cells(frame)
+    qat = qat_cells(ok)
+    observers = sorted({*with_recovery(ok)["observer"], *qat["observer"]})
+    title = "Recovery recipes of our PTQ" + (" and QAT" if len(qat) else "")
+    ax.set_title(title + (f" (observer {observers[0]})" if len(observers) == 1 else ""))
     if not settings:
         ax.text(0.5, 0.5, "no recovery cells in this report", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     _reference_lines(ax, frame)
-    # Round-to-nearest in ours' colour, the recipe of the best recovered cell in the colour glance.png gives it.
-    top = best(with_recovery(ok_cells(frame)))
+    # Round-to-nearest in ours' colour; the rows of the best recovered cell and of the best QAT cell in the
+    # colours glance.png gives them; every other row a colour of its own.
+    tops = {COLOURS["ours + recovery"]: best(with_recovery(ok)), COLOURS["QAT"]: best(qat)}
     others = iter(RECIPE_COLOURS * len(recipes))
     colours = {}
     for label, cells in recipes:
         if label.endswith("round-to-nearest"):
             colours[label] = COLOURS["ours"]
-        elif (cells["recovery"] == top["recovery"]).all() and (cells["observer"] == top["observer"]).all():
-            colours[label] = COLOURS["ours + recovery"]
         else:
-            colours[label] = next(others)
+            colours[label] = next((colour for colour, top in tops.items() if _row_of(cells, top)), None) or next(others)
     width = 0.8 / max(sum(at_setting(cells, s) is not None for _, cells in recipes) for s in settings)
     for position, setting in enumerate(settings):
         present = [(label, cell) for label, cells in recipes if (cell := at_setting(cells, setting)) is not None]
@@ -198,6 +203,13 @@ def _recovery_panel(ax, frame: pd.DataFrame) -> None:
     ax.grid(alpha=0.3, axis="y")
     lines, _ = ax.get_legend_handles_labels()
     ax.legend(handles=lines + [Patch(color=colours[label], label=label) for label, _ in recipes], **OUTSIDE)
+
+
+def _row_of(cells: pd.DataFrame, top: pd.Series | None) -> bool:
+    """Whether ``cells`` (one row of the recovery panel) share ``top``'s method, recipe and observer."""
+    setting = ("quant", "recovery", "observer")
+    return top is not None and all(tuple(cell[key] for key in setting) == tuple(top[key] for key in setting)
+                                   for _, cell in cells.iterrows())  # fmt: skip
 
 
 def plot_accuracy_vs_size(frame: pd.DataFrame, out: Path) -> Path:
@@ -216,6 +228,7 @@ def plot_accuracy_vs_size(frame: pd.DataFrame, out: Path) -> Path:
         "PyTorch FX": pytorch_int8(ok, "fx"),
         "PyTorch pt2e": pytorch_int8(ok, "pt2e"),
         "PyTorch float16": float16_cells(ok),
+        "QAT": ok[ok["quant"] == "qat"],
     }
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     for method, cells in groups.items():

@@ -22,6 +22,7 @@ from qexp.report.cells import (
     is_float16,
     ok_cells,
     pytorch_int8,
+    qat_cells,
     recovery_rows,
     round_to_nearest,
     uniform,
@@ -84,8 +85,8 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     """The cells of the results at a glance, labelled: FP32, PyTorch's fp16 and int8, ours per width.
 
     Ours at each width with weights and activations alike: round-to-nearest with its best
-    observer, and the best recovery recipe where one was run. PyTorch int8 per flow with its
-    best observer.
+    observer, the best recovery recipe where one was run, and the best QAT cell where one was
+    run. PyTorch int8 per flow with its best observer.
     """
     ok = ok_cells(frame)
     cells = []
@@ -104,6 +105,10 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
         cell = best(uniform(with_recovery(ok), bits))
         if cell is not None:
             cells.append((f"ours, {cell['recovery']} · {cell['observer']}", cell))
+        cell = best(uniform(qat_cells(ok), bits))
+        if cell is not None:
+            start = f" from {cell['recovery']}" if cell["recovery"] is not None else ""
+            cells.append((f"QAT{start} · {cell['observer']}", cell))
     return cells
 
 
@@ -152,11 +157,13 @@ def size_table(frame: pd.DataFrame) -> str:
     rtn = round_to_nearest(frame)
     torch_ptq = frame[frame["quant"] == "torch_ptq"]
     float16 = float16_cells(torch_ptq)
+    qat = qat_cells(frame)
     rows = {
         "ours (integer export)": rtn[rtn["w_bits"] == rtn["a_bits"]],
         "PyTorch FX int8": torch_ptq[torch_ptq["flow"] != "pt2e"].drop(index=float16.index),
         "PyTorch pt2e int8": torch_ptq[torch_ptq["flow"] == "pt2e"],
         "PyTorch float16 (`.half()`)": float16,
+        "QAT (integer export)": qat[qat["w_bits"] == qat["a_bits"]],
     }
 
     def text(cells: pd.DataFrame) -> str:
