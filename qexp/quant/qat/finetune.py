@@ -42,7 +42,7 @@ class QATConfig:
 
     epochs: int = 15
     batch_size: int = 256
-    lr: float = 0.01  # weights and step sizes alike: LSQ's gradient scale balances them
+    lr: float = 1e-3  # weights and step sizes alike: LSQ's gradient scale balances them
     momentum: float = 0.9
     weight_decay: float = 5e-5  # conv/linear weights only
     warmup_epochs: float = 0.5
