@@ -123,7 +123,9 @@ def test_a_short_qat_cell_runs_through_the_entry_point_and_lands_in_the_report(t
     assert cell["status"] == "ok", cell["reason"]
     assert (cell["quant"], cell["w_bits"], cell["a_bits"], cell["qat_epochs"]) == ("qat", 4, 4, 2)
     assert len(cell["val_top1"]) == 2 and cell["qat_chosen_epoch"] in (1, 2) and cell["qat_seconds"] > 0
-    assert cell["qat_val_top1"] == max(cell["val_top1"]) == cell["val_top1"][cell["qat_chosen_epoch"] - 1]
+    assert cell["qat_val_top1"] == pytest.approx(max(cell["val_top1"]))
+    assert cell["qat_val_top1"] == pytest.approx(cell["val_top1"][cell["qat_chosen_epoch"] - 1])
+    assert cell["reason"].endswith(f"from FP32, epoch {cell['qat_chosen_epoch']} (best on validation)")
     assert cell["calib_images"] == 128 and 0 <= cell["top1"] <= 100
     checkpoints = next((tmp_path / "sweep" / "0" / "qat").iterdir()) / "checkpoints"
     assert {"last.ckpt", "best.ckpt"} <= {p.name for p in checkpoints.iterdir()}
@@ -170,7 +172,7 @@ def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path: Path, weigh
                                            "data.val_size=0"], tmp_path))  # fmt: skip
     assert cell["status"] == "ok", cell["reason"]
     assert (cell["qat_chosen_epoch"], cell["val_top1"], cell["qat_val_top1"]) == (1, [], None)
-    assert "no validation split: last epoch" in cell["reason"]
+    assert cell["reason"].endswith("epoch 1 (no validation split: last epoch)")
 
 
 @pytest.mark.parametrize(

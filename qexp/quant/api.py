@@ -136,10 +136,11 @@ def quantize_with_qat(
         "qat_epochs": run.epochs,
         "qat_seconds": run.seconds,
         "qat_chosen_epoch": run.chosen_epoch,
-        "qat_val_top1": run.val_top1[run.chosen_epoch - 1] if run.val_top1 else None,
+        "qat_val_top1": run.chosen_val_top1,
         "val_top1": run.val_top1,
     }
-    chosen = f"epoch {run.chosen_epoch} chosen on validation" if run.val_top1 else "no validation split: last epoch"
+    chosen = "no validation split: last epoch" if run.chosen_val_top1 is None else "best on validation"
+    chosen = f"epoch {run.chosen_epoch} ({chosen})"
     note = f"QAT from our PTQ, {run.epochs} epochs distilled from FP32, {chosen}"
     return Quantized(run.model, serialized_bytes(integer_export(run.model)), images, note, extra)
 

@@ -78,6 +78,7 @@ class QATRun(NamedTuple):
     seconds: float  # training time, across resumed runs
     val_top1: list[float]  # validation top-1 (%) after each epoch; empty without a validation split
     chosen_epoch: int  # 1-based: the best validation top-1 (the first of equals), or the last epoch without one
+    chosen_val_top1: float | None  # the chosen epoch's validation top-1 (%); None without a validation split
 
 
 class ValidationHistory(L.Callback):
@@ -183,10 +184,10 @@ def fine_tune(
     # Checkpoints this code wrote into the cell's own directory; their hyper-parameters hold the
     # optimizer's partial, which a weights-only load refuses.
     trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=False)
-    chosen = trainer.current_epoch
+    chosen, chosen_top1 = trainer.current_epoch, None
     if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
-        chosen = state["epoch"] + 1
+        chosen, chosen_top1 = state["epoch"] + 1, 100 * float(best.best_model_score)
     model = freeze_step_sizes(module.model).cpu().eval()
-    return QATRun(model, trainer.current_epoch, round(clock.seconds, 1), history.top1, chosen)
+    return QATRun(model, trainer.current_epoch, round(clock.seconds, 1), history.top1, chosen, chosen_top1)
