@@ -3,7 +3,7 @@ from torch import nn
 
 from qexp.models import resnet20
 from qexp.models.resnet import Add
-from qexp.quant.core.patterns import ResidualBlock, find_patterns
+from qexp.quant.core.patterns import ResidualBlock, SharedTensor, find_patterns
 
 
 class Residual(nn.Module):
@@ -46,6 +46,15 @@ def test_resnet20_has_19_conv_bn_pairs_9_blocks_and_9_adds():
     )
 
 
+def test_resnet20_shares_the_stem_output_and_every_block_output_but_the_last():
+    shared = find_patterns(resnet20()).shared
+    blocks = [f"layer{stage}.{index}" for stage in (1, 2, 3) for index in range(3)]
+    producers = ["relu", *(f"{block}.relu2" for block in blocks[:-1])]  # layer3.2's output is only pooled
+    assert [tensor.producer for tensor in shared] == producers
+    # The option-A shortcut of layer2.0 reads its input through slicing and zero padding.
+    assert shared[3] == SharedTensor("layer1.2.relu2", (("layer2.0.conv1", 0), ("layer2.0.add", 1)))
+
+
 def test_every_conv_of_resnet20_is_paired_with_its_batchnorm():
     pairs = find_patterns(resnet20()).conv_bn
     assert len(pairs) == 19
@@ -76,6 +85,31 @@ def test_a_model_that_is_not_a_resnet():
     assert patterns.conv_bn == (("0", "1"),)
     assert patterns.blocks == (ResidualBlock(module="3", branch=("3.body.0", "3.body.1", "3.body.2"), add="3.add"),)
     assert patterns.adds == ("3.add",)
+    assert patterns.shared == (SharedTensor("2", (("3.body.0", 0), ("3.add", 0))),)
+
+
+def test_a_module_called_twice_or_a_read_through_arithmetic_is_not_shared():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = nn.ReLU()
+            self.a, self.b, self.c = (nn.Conv2d(4, 4, 1) for _ in range(3))
+
+        def forward(self, x):
+            y = self.relu(x)
+            z = self.relu(self.a(y))  # a second call of relu: a quantizer on it would act on both
+            return self.b(z) + self.c(z) + self.c(y * 2)
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu, self.a, self.b = nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            y = self.relu(x)
+            return self.a(y) + self.b(y * 2)  # b reads other values than a
+
+    assert find_patterns(Twice()).shared == find_patterns(Scaled()).shared == ()
 
 
 def test_a_model_without_adds_has_no_blocks():
