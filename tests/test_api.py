@@ -31,6 +31,8 @@ def test_ptq_config_and_recovery_read_the_composed_cell(compose_in):
     assert isinstance(config, PTQConfig) and (config.w_bits, config.a_bits) == (4, 8)
     assert config.reconstruction is not None and config.reconstruction.unit == "layer"
     assert config.mixed_widths == (8, 4, 2) and config.average_bits is None
+    assert not config.shared_activations
+    assert ptq_config(compose_in("quantize", ["quant.shared_activations=true"]).quant).shared_activations
     assert recovery(quant) == "CLE + AdaRound+LSQ+QDrop 2000 steps + bias corr."
     assert recovery(compose_in("quantize", []).quant) is None
 

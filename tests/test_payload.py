@@ -10,7 +10,7 @@ from qexp.models.resnet import ResNet
 from qexp.quant import PTQConfig, quantize_model, serialized_bytes
 from qexp.quant.core.modules import quantizers
 from qexp.quant.export.packed import integer_export
-from qexp.quant.export.payload import payload_bytes
+from qexp.quant.export.payload import ours_payload_bits, payload_bytes
 from qexp.quant.pytorch import fx
 from qexp.quant.pytorch.float16 import to_float16
 from tests.test_fold import randomise_batchnorm
@@ -47,6 +47,18 @@ def test_ours_counts_packed_weights_float32_scales_and_biases_and_activation_par
     expected_bits = weights * bits + 32 * channels * 2 + activations * (32 + bits)
     assert payload_bytes(quantized) == math.ceil(expected_bits / 8)
     assert payload_bytes(quantized) < serialized_bytes(integer_export(quantized))
+
+
+def test_a_shared_activation_quantizer_is_exported_and_counted_once(tiny):
+    model, calibration = tiny
+    per_reader, shared = (
+        quantize_model(model, PTQConfig(w_bits=4, a_bits=4, shared_activations=share), calibration)[0]
+        for share in (False, True)
+    )
+    exports = [integer_export(m) for m in (per_reader, shared)]
+    assert [len(export["activation_scales"]) for export in exports] == [14, 11]  # 3 tensors with two readers each
+    assert torch.equal(exports[0]["weights"], exports[1]["weights"])
+    assert ours_payload_bits(per_reader) - ours_payload_bits(shared) == 3 * (32 + 4)  # a scale and a 4-bit zero point
 
 
 def test_pytorch_fx_int8_counts_int8_weights_and_qparams_not_their_float64_storage(tiny):

@@ -9,7 +9,7 @@ from qexp.errors import QexpError
 from qexp.models.resnet import ResNet
 from qexp.quant.core.capture import keep_output, record
 from qexp.quant.core.fold import fold_batchnorm
-from qexp.quant.core.modules import Mode, QuantLayer, quantizers
+from qexp.quant.core.modules import Mode, QuantLayer, QuantOutput, layer_bits, quantizers, shared_grids
 from qexp.quant.custom.ptq import PTQConfig, calibrate, choose_layer_bits, insert_quantizers, quantize_model
 from qexp.quant.custom.reconstruct import ReconstructionConfig
 from tests.test_fold import randomise_batchnorm
@@ -71,6 +71,38 @@ def test_first_last_bits_only_changes_the_edge_layers(model_and_data):
     assert quantized.layer1[0].conv1.input_quantizer.bits == 4
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"observer": "percentile", "equalize": True, "bias_correction": True},
+        {"observer": "mse", "average_bits": 3.0},
+        {"first_last_bits": 8},
+        {"reconstruction": ReconstructionConfig("layer", steps=20)},
+        {"reconstruction": ReconstructionConfig("block", steps=20)},
+    ],
+    ids=["equalized-bias-corrected", "mixed", "first-last-8", "reconstructed-layer", "reconstructed-block"],
+)
+def test_shared_activations_keep_one_frozen_grid_per_tensor_with_every_recovery_option(options):
+    model = tiny_resnet()
+    per_reader, _ = quantize_model(model, PTQConfig(2, 4, **options), batches(1))
+    shared, _ = quantize_model(model, PTQConfig(2, 4, shared_activations=True, **options), batches(1))
+    producers = {name: m.output_quantizer for name, m in shared.named_modules() if isinstance(m, QuantOutput)}
+    assert list(producers) == ["relu", "layer1.0.relu2", "layer2.0.relu2"]
+    assert len(quantizers(shared, "activation")) == len(quantizers(per_reader, "activation")) - 3 == 11
+    grids = shared_grids(shared)
+    assert [grid.producer for grid in grids] == [name for name in producers for _ in range(2)]
+    assert all(grid.quantizer is producers[grid.producer] for grid in grids)
+    assert all(q.mode is Mode.QUANTIZE and q.observer.calibrated for q in quantizers(shared).values())
+    assert layer_bits(shared) == layer_bits(per_reader)
+
+
+def test_shared_activations_need_two_quantized_readers():
+    config = PTQConfig(4, 4, shared_activations=True)
+    quantized, _ = quantize_model(tiny_resnet(), config, batches(1), only=["layer1.0.conv1", "layer2.0.conv1"])
+    assert not any(isinstance(m, QuantOutput) for m in quantized.modules())  # the adds, the other readers, stay float
+    assert len(quantizers(quantized, "activation")) == 2
+
+
 def test_calibration_refuses_an_empty_set(model_and_data):
     model, _, _ = model_and_data
     with pytest.raises(ValueError, match="calibration set is empty"):
@@ -121,8 +153,17 @@ def test_mixed_precision_probes_leave_the_folded_model_as_it_was():
         PTQConfig(2, 4, "mse", granularity="per_tensor"),
         PTQConfig(2, 8, "percentile", equalize=True, bias_correction=True),
         PTQConfig(2, 4, "mse", reconstruction=ReconstructionConfig("block", steps=20)),
+        PTQConfig(2, 8, "percentile", equalize=True, bias_correction=True, shared_activations=True),
+        PTQConfig(2, 4, "mse", reconstruction=ReconstructionConfig("block", steps=20), shared_activations=True),
     ],
-    ids=["minmax", "mse-per-tensor", "percentile-equalized-bias-corrected", "mse-reconstructed"],
+    ids=[
+        "minmax",
+        "mse-per-tensor",
+        "percentile-equalized-bias-corrected",
+        "mse-reconstructed",
+        "shared-equalized-bias-corrected",
+        "shared-reconstructed",
+    ],
 )
 def test_a_frozen_model_loads_into_a_freshly_built_one(config):
     model = tiny_resnet()
@@ -137,3 +178,5 @@ def test_a_frozen_model_loads_into_a_freshly_built_one(config):
         fresh.load_state_dict(torch.load(saved, weights_only=True))
         assert torch.equal(fresh(x), quantized(x))
     assert all(q.mode is Mode.QUANTIZE and q.observer.calibrated for q in quantizers(fresh).values())
+    assert all(grid.quantizer is fresh.get_submodule(grid.producer).output_quantizer for grid in shared_grids(fresh))
+    assert sum(key.endswith(".scale") for key in quantized.state_dict()) == len(quantizers(quantized))  # each once

@@ -167,6 +167,7 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
         reconstruction=reconstruction,
         average_bits=quant.average_bits,
         mixed_widths=tuple(quant.mixed_widths),
+        shared_activations=quant.shared_activations,
     )
 
 

@@ -1,13 +1,19 @@
-"""Fake-quantized building blocks: a quantizer, and wrappers that put quantizers on a layer's inputs.
+"""Fake-quantized building blocks: a quantizer, wrappers that put quantizers on a layer's inputs, and shared grids.
 
-Where activations are quantized follows the consumers of each tensor: every convolution and
-linear layer quantizes its input and its weight (so the pooled features are quantized at the
-classifier's input), and a residual ``add`` quantizes both of its operands (the block's conv
-output and the shortcut). After ReLU an input is non-negative and its asymmetric grid starts at
-exactly 0. This approximates an integer pipeline with fused add+ReLU: a block's output is
-quantized by each of its consumers (the next conv and the next shortcut) with its own observer
-on the same data -- identical grids except after the option-A shortcut's subsampling -- and the
-last block's output is average-pooled in float before the classifier's input quantizer.
+By default activations are quantized by their consumers: every convolution and linear layer
+quantizes its input and its weight (so the pooled features are quantized at the classifier's
+input), and a residual ``add`` quantizes both of its operands (the block's conv output and the
+shortcut). After ReLU an input is non-negative and its asymmetric grid starts at exactly 0. A
+block's output is then quantized by each of its consumers (the next conv and the next shortcut)
+with its own observer on the same data -- identical grids except after the option-A shortcut's
+subsampling, until learned step sizes pull them apart -- and the last block's output is
+average-pooled in float before the classifier's input quantizer.
+
+With shared activations a tensor that several consumers read is quantized once, where it is
+made, as an integer pipeline (or an ONNX QDQ graph) requantizes it: its producer becomes a
+``QuantOutput`` that owns the one quantizer, and each consumer holds a ``SharedGrid`` in place
+of its own quantizer -- a reference, not a submodule, so the quantizer is calibrated, saved,
+listed and exported once, at the producer -- and reads its input on that grid unchanged.
 """
 
 from __future__ import annotations
@@ -88,10 +94,42 @@ class FakeQuantize(nn.Module):
         return f"mode={self.mode.value}, range=[{self.qmin}, {self.qmax}]"
 
 
-class QuantLayer(nn.Module):
-    """A conv or linear layer whose weight and input pass through quantizers."""
+class SharedGrid:
+    """A consumer's side of a quantizer that the producer of its input applies (a ``QuantOutput``).
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear, weight_quantizer: FakeQuantize, input_quantizer: FakeQuantize):
+    The input arrives on that grid already, so reading it is the identity; ``bits`` is the
+    quantizer's. Not an ``nn.Module``: the quantizer is a submodule of its producer alone.
+    """
+
+    def __init__(self, quantizer: FakeQuantize, producer: str) -> None:
+        self.quantizer = quantizer
+        self.producer = producer
+
+    @property
+    def bits(self) -> int:
+        return self.quantizer.bits
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+    def __repr__(self) -> str:
+        return f"SharedGrid(quantized by {self.producer})"
+
+
+def _shared_repr(**operands: FakeQuantize | SharedGrid) -> str:
+    """The ``extra_repr`` part that names the operands read on a producer's grid (they are not submodules)."""
+    return ", ".join(f"{name}={grid!r}" for name, grid in operands.items() if isinstance(grid, SharedGrid))
+
+
+class QuantLayer(nn.Module):
+    """A conv or linear layer whose weight and input pass through quantizers (the input's may be a ``SharedGrid``)."""
+
+    def __init__(
+        self,
+        layer: nn.Conv2d | nn.Linear,
+        weight_quantizer: FakeQuantize,
+        input_quantizer: FakeQuantize | SharedGrid,
+    ) -> None:
         super().__init__()
         self.layer = layer
         self.weight_quantizer = weight_quantizer
@@ -106,6 +144,9 @@ class QuantLayer(nn.Module):
         if isinstance(self.layer, nn.Conv2d):
             return self.layer._conv_forward(x, weight, self.layer.bias)
         return F.linear(x, weight, self.layer.bias)
+
+    def extra_repr(self) -> str:
+        return _shared_repr(input_quantizer=self.input_quantizer)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -135,15 +176,41 @@ def swap_module(model: nn.Module, name: str, replacement: nn.Module) -> nn.Modul
 
 
 class QuantAdd(nn.Module):
-    """A residual add whose two operands pass through quantizers."""
+    """A residual add whose two operands pass through quantizers (either may be a ``SharedGrid``)."""
 
-    def __init__(self, quantizer_a: FakeQuantize, quantizer_b: FakeQuantize) -> None:
+    def __init__(self, quantizer_a: FakeQuantize | SharedGrid, quantizer_b: FakeQuantize | SharedGrid) -> None:
         super().__init__()
         self.quantizer_a = quantizer_a
         self.quantizer_b = quantizer_b
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return self.quantizer_a(a) + self.quantizer_b(b)
+
+    def extra_repr(self) -> str:
+        return _shared_repr(quantizer_a=self.quantizer_a, quantizer_b=self.quantizer_b)
+
+
+class QuantOutput(nn.Module):
+    """A module whose output passes through the one quantizer that all the readers of that tensor share."""
+
+    def __init__(self, module: nn.Module, output_quantizer: FakeQuantize) -> None:
+        super().__init__()
+        self.module = module
+        self.output_quantizer = output_quantizer
+
+    def forward(self, *args: Tensor) -> Tensor:
+        return self.output_quantizer(self.module(*args))
+
+
+def shared_grids(model: nn.Module) -> list[SharedGrid]:
+    """The ``SharedGrid`` operands of ``model``'s layers and adds, in module order."""
+    operands = []
+    for module in model.modules():
+        if isinstance(module, QuantLayer):
+            operands.append(module.input_quantizer)
+        elif isinstance(module, QuantAdd):
+            operands += [module.quantizer_a, module.quantizer_b]
+    return [operand for operand in operands if isinstance(operand, SharedGrid)]
 
 
 KINDS = ("weight", "activation")

@@ -3,7 +3,8 @@
 1. ``fold_batchnorm``: weights are quantized as the integer kernel would see them.
 2. ``insert_quantizers``: every conv/linear becomes a ``QuantLayer`` (weight + input
    quantizer), every residual ``Add`` a ``QuantAdd``. Weights: symmetric signed grid, per output
-   channel by default. Activations: asymmetric unsigned grid, per tensor.
+   channel by default. Activations: asymmetric unsigned grid, per tensor; with
+   ``shared_activations`` a tensor that several of them read gets one quantizer at its producer.
 3. ``calibrate``: activation observers record the float model's activations on calibration
    batches (training images only).
 4. ``freeze``: weight observers see their (folded) weight once; every quantizer computes its
@@ -34,13 +35,15 @@ from qexp.quant.core.modules import (
     Mode,
     QuantAdd,
     QuantLayer,
+    QuantOutput,
+    SharedGrid,
     layer_names,
     quantizers,
     set_mode,
     swap_module,
 )
 from qexp.quant.core.observers import GRANULARITIES, OBSERVERS, PercentileObserver
-from qexp.quant.core.patterns import find_patterns
+from qexp.quant.core.patterns import SharedTensor, find_patterns
 from qexp.quant.custom.bias_correction import correct_bias
 from qexp.quant.custom.equalize import equalize_blocks
 from qexp.quant.custom.mixed import assign_bits, check_average_bits
@@ -70,6 +73,7 @@ class PTQConfig:
     reconstruction: ReconstructionConfig | None = None
     average_bits: float | None = None  # mixed precision: weight widths chosen per layer to fit this average
     mixed_widths: tuple[int, ...] = (8, 4, 2)
+    shared_activations: bool = False  # one quantizer per tensor, at its producer, instead of one per consumer
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "quant.w_bits")
@@ -117,6 +121,8 @@ def insert_quantizers(
 
     ``only`` names the layers to quantize (adds then stay float): a per-layer sensitivity study.
     ``weight_bits`` (mixed precision's plan) gives layers a weight width other than ``config.w_bits``.
+    With ``config.shared_activations`` the tensors that two or more of the quantized operands
+    read are quantized once, at their producer (``share_grids``).
     """
     weight_bits = weight_bits or {}
     layers = layer_names(model)
@@ -126,17 +132,46 @@ def insert_quantizers(
         if unknown:
             raise ValueError(f"layers {sorted(unknown)} are not layers of the model; expected any of {layers}.")
         layers = [name for name in layers if name in only]
-    adds = find_patterns(model).adds if only is None else ()
+    patterns = find_patterns(model)
+    adds = patterns.adds if only is None else ()
+    operand_bits = {(name, 0): config.first_last_bits if name in edge_layers else config.a_bits for name in layers}
+    operand_bits.update({(name, index): config.a_bits for name in adds for index in (0, 1)})
+    shared = patterns.shared if config.shared_activations else ()
+    grids, producers = share_grids(shared, operand_bits, config)
+
+    def operand_quantizer(operand: tuple[str, int]) -> FakeQuantize | SharedGrid:
+        return grids[operand] if operand in grids else config.make_quantizer(operand_bits[operand])
+
     for name in layers:
         w_bits = config.first_last_bits if name in edge_layers else weight_bits.get(name, config.w_bits)
-        a_bits = config.first_last_bits if name in edge_layers else config.a_bits
         layer = model.get_submodule(name)
-        wrapped = QuantLayer(layer, config.make_quantizer(w_bits, layer.weight), config.make_quantizer(a_bits))
+        wrapped = QuantLayer(layer, config.make_quantizer(w_bits, layer.weight), operand_quantizer((name, 0)))
         swap_module(model, name, wrapped)
     for name in adds:
-        quantizer_a, quantizer_b = (config.make_quantizer(config.a_bits) for _ in range(2))
-        swap_module(model, name, QuantAdd(quantizer_a, quantizer_b))
+        swap_module(model, name, QuantAdd(operand_quantizer((name, 0)), operand_quantizer((name, 1))))
+    for name, quantizer in producers.items():  # last: a producer may itself be a layer or an add, now wrapped
+        swap_module(model, name, QuantOutput(model.get_submodule(name), quantizer))
     return model
+
+
+def share_grids(
+    shared: Iterable[SharedTensor], operand_bits: Mapping[tuple[str, int], int], config: PTQConfig
+) -> tuple[dict[tuple[str, int], SharedGrid], dict[str, FakeQuantize]]:
+    """One activation quantizer per tensor that two or more quantized operands read.
+
+    ``operand_bits`` holds the operands that are quantized, ``(module, operand index)``, and the
+    width each asks for; a shared quantizer takes the widest of its readers'. Returns the
+    ``SharedGrid`` each of those operands reads, and the quantizer of each producer by name.
+    """
+    grids, producers = {}, {}
+    for tensor in shared:
+        readers = [reader for reader in tensor.readers if reader in operand_bits]
+        if len(readers) < 2:
+            continue
+        quantizer = config.make_quantizer(max(operand_bits[reader] for reader in readers))
+        producers[tensor.producer] = quantizer
+        grids.update({reader: SharedGrid(quantizer, tensor.producer) for reader in readers})
+    return grids, producers
 
 
 @torch.no_grad()

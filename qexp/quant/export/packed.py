@@ -4,7 +4,8 @@ Fake quantization keeps an fp32 model, so its ``state_dict`` says nothing about 
 quantized network. What a deployment stores is the export below: the integer weights in their
 storage type (bit-packed at 2 and 4 bits) concatenated into one byte blob, per-channel weight
 scales, the fp32 biases (an integer kernel keeps them as int32 at scale ``s_x * s_w``: the same
-4 bytes) and each activation quantizer's bit width, scale and zero point. Everything is packed
+4 bytes) and each activation quantizer's bit width, scale and zero point -- a shared one
+(``quant.shared_activations``) once, since it is one module, at its producer. Everything is packed
 into a handful of tensors because ``torch.save`` spends several hundred bytes on each tensor
 record, which would otherwise dominate a 2-bit ResNet20. Its size is measured as serialised
 bytes, like every other size in qexp, so formats are compared on equal terms.
