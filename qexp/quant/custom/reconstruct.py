@@ -24,12 +24,22 @@ gradient, zero point fixed; BRECQ instead learns step sizes in a second pass) an
 fitting, each activation value skips quantization with probability ``drop`` and each value of
 the unit's input is taken from the float model with the same probability, which flattens the
 loss surface the rounding is fitted to. Only calibration images (training data) are used.
+
+With shared activations (``QuantOutput``/``SharedGrid``) a tensor's one quantizer sits at its
+producer, which may lie outside the unit that reads the tensor or inside the unit before it. A
+shared step size belongs to the first unit that reads the tensor, as the per-reader quantizers of
+a unit's input do: that unit records its input before the quantizer, learns the step size with
+its own, and leaves it frozen for every later reader (in ``block`` units a block's conv1 and its
+shortcut, both in the block; in ``layer`` units the conv1, whose add then reads it). A unit that
+holds the producer of what it hands on is fitted, and its errors measured, before that grid --
+its output is float, as without sharing -- since the grid is the next unit's to learn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +49,16 @@ from tqdm.auto import tqdm
 from qexp.errors import QexpError
 from qexp.quant.core.affine import MIN_SCALE, along, fake_quantize
 from qexp.quant.core.capture import keep_input, keep_output, record
-from qexp.quant.core.modules import FakeQuantize, QuantAdd, QuantLayer, quantizers, swap_module
+from qexp.quant.core.modules import (
+    FakeQuantize,
+    Mode,
+    QuantAdd,
+    QuantLayer,
+    QuantOutput,
+    quantizers,
+    shared_grids,
+    swap_module,
+)
 from qexp.quant.core.patterns import find_patterns
 
 log = logging.getLogger(__name__)
@@ -209,6 +228,34 @@ def _error(unit: nn.Module, inputs: Tensor, targets: Tensor, chunk: int = 256) -
     return float(sum(errors) / len(inputs))
 
 
+def input_grid(unit: nn.Module) -> FakeQuantize | None:
+    """The shared quantizer of ``unit``'s input: read inside the unit, applied by a producer outside it."""
+    inside = {id(quantizer) for quantizer in quantizers(unit).values()}
+    outside = {id(grid.quantizer): grid.quantizer for grid in shared_grids(unit) if id(grid.quantizer) not in inside}
+    assert len(outside) <= 1, "a unit has one input, so at most one grid from outside"
+    return next(iter(outside.values()), None)
+
+
+def output_grids(unit: nn.Module) -> list[FakeQuantize]:
+    """The shared quantizers ``unit`` applies to what it hands on: produced inside it, read by no reader inside it."""
+    read = {id(grid.quantizer) for grid in shared_grids(unit)}
+    produced = [m.output_quantizer for m in unit.modules() if isinstance(m, QuantOutput)]
+    return [quantizer for quantizer in produced if id(quantizer) not in read]
+
+
+@contextlib.contextmanager
+def passing_through(grids: Sequence[FakeQuantize]) -> Iterator[None]:
+    """Switch ``grids`` to float while the block runs: what they would quantize is read before them."""
+    modes = [grid.mode for grid in grids]
+    for grid in grids:
+        grid.mode = Mode.FLOAT
+    try:
+        yield
+    finally:
+        for grid, mode in zip(grids, modes, strict=True):
+            grid.mode = mode
+
+
 def reconstruct_unit(
     unit: nn.Module,
     inputs: Tensor,
@@ -216,6 +263,7 @@ def reconstruct_unit(
     targets: Tensor,
     config: ReconstructionConfig,
     bar: tqdm,
+    shared_input: FakeQuantize | None = None,
 ) -> tuple[float, float]:
     """Learn the rounding (and activation step sizes) of one frozen unit in place.
 
@@ -223,32 +271,40 @@ def reconstruct_unit(
     the learned hard rounding after. The unit's quantizers are swapped for trainable stand-ins
     and swapped back afterwards with the result written into them: the hard rounding into the
     layer weights, the learned step sizes into the activation quantizers' scales.
+    ``shared_input``: the shared quantizer of the unit's input that this unit learns (see the
+    module docstring); ``inputs`` are then taken before it, and it quantizes them first.
     """
-    before = _error(unit, inputs, targets)
-    layers = {name: m for name, m in unit.named_modules() if isinstance(m, QuantLayer)}
-    originals = {name: layer.weight_quantizer for name, layer in layers.items()}
-    rounding = {name: AdaRoundWeight(layer.weight_quantizer, layer.layer.weight) for name, layer in layers.items()}
-    learned = {}  # name -> (stand-in, original quantizer)
-    if config.scale_lr > 0 or config.drop > 0:
-        for name, quantizer in quantizers(unit, "activation").items():
-            learned[name] = (LearnedStepActivation(quantizer, config.drop), quantizer)
-    for name, adaround in rounding.items():
-        layers[name].weight_quantizer = adaround
-    for name, (stand_in, _) in learned.items():
-        swap_module(unit, name, stand_in)
-    unit.train()
-    scales = [stand_in.scale for stand_in, _ in learned.values()]
-    _fit(unit, inputs, float_inputs if config.drop > 0 else None, targets, config, list(rounding.values()), scales, bar)
-    unit.eval()
-    with torch.no_grad():
+    fitted = unit if shared_input is None else nn.Sequential(shared_input, unit)
+    handed_on = output_grids(unit)
+    not_learned = {id(grid) for grid in handed_on}
+    with passing_through(handed_on):
+        before = _error(fitted, inputs, targets)
+        layers = {name: m for name, m in unit.named_modules() if isinstance(m, QuantLayer)}
+        originals = {name: layer.weight_quantizer for name, layer in layers.items()}
+        rounding = {name: AdaRoundWeight(layer.weight_quantizer, layer.layer.weight) for name, layer in layers.items()}
+        learned = {}  # name in ``fitted`` -> (stand-in, original quantizer)
+        if config.scale_lr > 0 or config.drop > 0:
+            for name, quantizer in quantizers(fitted, "activation").items():
+                if id(quantizer) not in not_learned:
+                    learned[name] = (LearnedStepActivation(quantizer, config.drop), quantizer)
         for name, adaround in rounding.items():
-            adaround.hard = True
-            layers[name].layer.weight.copy_(adaround(layers[name].layer.weight))
-            layers[name].weight_quantizer = originals[name]
-        for name, (stand_in, original) in learned.items():
-            original.scale.copy_(stand_in.scale.clamp(min=MIN_SCALE))
-            swap_module(unit, name, original)
-    return before, _error(unit, inputs, targets)
+            layers[name].weight_quantizer = adaround
+        for name, (stand_in, _) in learned.items():
+            swap_module(fitted, name, stand_in)
+        fitted.train()
+        scales = [stand_in.scale for stand_in, _ in learned.values()]
+        inputs_to_mix = float_inputs if config.drop > 0 else None
+        _fit(fitted, inputs, inputs_to_mix, targets, config, list(rounding.values()), scales, bar)
+        fitted.eval()
+        with torch.no_grad():
+            for name, adaround in rounding.items():
+                adaround.hard = True
+                layers[name].layer.weight.copy_(adaround(layers[name].layer.weight))
+                layers[name].weight_quantizer = originals[name]
+            for name, (stand_in, original) in learned.items():
+                original.scale.copy_(stand_in.scale.clamp(min=MIN_SCALE))
+                swap_module(fitted, name, original)
+        return before, _error(fitted, inputs, targets)
 
 
 def reconstruct(
@@ -264,14 +320,21 @@ def reconstruct(
     names = units(quantized, reference, config.unit)
     quantized.requires_grad_(False)
     errors = {}
+    learned_grids: set[int] = set()  # shared quantizers an earlier unit learned: later readers see them frozen
     progress = tqdm(total=len(names) * config.steps, desc=f"reconstruct ({config.unit})", disable=None)
     with progress as bar:
         for name in names:
             float_inputs, targets = (
                 record(reference, [name], batches, keep, stop=True)[name] for keep in (keep_input, keep_output)
             )
-            inputs = record(quantized, [name], batches, keep_input, stop=True)[name]
             unit = quantized.get_submodule(name)
-            errors[name] = reconstruct_unit(unit, inputs, float_inputs, targets, config, bar)
+            shared_input = input_grid(unit)
+            if shared_input is not None and id(shared_input) in learned_grids:
+                shared_input = None
+            with passing_through([] if shared_input is None else [shared_input]):
+                inputs = record(quantized, [name], batches, keep_input, stop=True)[name]
+            errors[name] = reconstruct_unit(unit, inputs, float_inputs, targets, config, bar, shared_input)
+            if shared_input is not None:
+                learned_grids.add(id(shared_input))
             log.info("reconstructed %s: output error %.4g -> %.4g", name, *errors[name])
     return errors
