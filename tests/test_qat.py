@@ -75,6 +75,23 @@ def test_gradients_reach_every_weight_and_step_size_and_scales_are_written_back(
     assert all(torch.allclose(after[name].scale, 1.5 * before[name]) for name in before)
 
 
+def test_qat_learns_one_step_size_per_shared_tensor_and_every_reader_uses_it():
+    student, _ = quantize_model(tiny_resnet(), PTQConfig(w_bits=2, a_bits=4, shared_activations=True), batches(1))
+    producer = student.layer1[0].relu2.output_quantizer
+    before = producer.scale.clone()
+    learn_step_sizes(student)
+    stand_ins = [m for m in student.modules() if isinstance(m, LearnedStepQuantizer)]
+    assert len(stand_ins) == 8 + 11  # 8 weights; 14 activation quantizers less one per shared tensor (3)
+    student(batches(2)[0]).logsumexp(1).sum().backward()
+    shared = student.layer1[0].relu2.output_quantizer
+    assert shared.scale.grad.abs() > 0  # from the conv1 and the shortcut of layer2.0 together
+    with torch.no_grad():
+        shared.scale.mul_(1.5)
+    freeze_step_sizes(student)
+    assert student.layer2[0].conv1.input_quantizer.quantizer is student.layer2[0].add.quantizer_b.quantizer is producer
+    assert student.layer1[0].relu2.output_quantizer is producer and torch.allclose(producer.scale, 1.5 * before)
+
+
 def test_one_qat_step_lowers_the_distillation_loss_on_a_tiny_model():
     teacher = tiny_resnet()
     student, _ = quantize_model(teacher, PTQConfig(w_bits=2, a_bits=4, observer="mse"), batches(1))

@@ -11,7 +11,9 @@ rate. Zero points stay where calibration put them (the real 0 stays on the grid)
 
 The stand-ins replace a frozen model's ``FakeQuantize`` modules while it trains and give them
 back with the learned scales afterwards, so the trained model is the same kind of model as our
-PTQ's: the integer export, the payload count and the evaluation read it unchanged.
+PTQ's: the integer export, the payload count and the evaluation read it unchanged. A shared
+activation quantizer (``quant.shared_activations``) is one module, at its producer, so it gets one
+stand-in and its tensor one learned step size, which every reader's ``SharedGrid`` refers to.
 """
 
 from __future__ import annotations
