@@ -60,6 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "flow": quant.get("flow"),
         "recovery": recovery(quant),
         "average_bits": quant.get("average_bits"),
+        "shared_activations": quant.get("shared_activations") or None,  # None: a grid per reader, as before
         "status": "failed",
         "reason": "",
         "top1": None,

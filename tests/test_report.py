@@ -4,6 +4,7 @@ from pathlib import Path
 import pandas as pd
 
 from qexp.report import main, report
+from qexp.report.cells import collect, variant
 from qexp.report.tables import size_table
 
 
@@ -167,3 +168,12 @@ def test_qat_cells_are_a_method_of_their_own_in_every_table(tmp_path: Path):
     assert "| + BRECQ 3 steps + QAT |  | **85.00 (-6.00)** | 1200 |" in text
     assert "| QAT (integer export) |  |  | 78 (0.07×) |  |" in size_table(frame)  # the README's size block
     assert len(list((tmp_path / "report").glob("*.png"))) == 4
+
+
+def test_shared_activation_grids_are_a_cell_of_their_own(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", w_bits=4, a_bits=4, top1=80.0)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=81.0, shared_activations=True)
+    frame = collect([sweep])
+    assert len(frame) == 2  # not one duplicate of the other
+    assert sorted(variant(row) for _, row in frame.iterrows()) == ["ours · minmax", "ours · minmax · shared grids"]

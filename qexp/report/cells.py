@@ -17,7 +17,7 @@ import pandas as pd
 
 CELL = [
     "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",
-    "data", "checkpoint",
+    "shared_activations", "data", "checkpoint",
 ]  # fmt: skip
 BITS = [16, 8, 4, 2]
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
@@ -55,7 +55,7 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def _with_none_settings(frame: pd.DataFrame) -> pd.DataFrame:
     """Settings that do not apply to a cell are ``None`` (not NaN), so cells compare and group alike."""
-    frame = frame.copy()
+    frame = frame.reindex(columns=[*frame.columns, *(c for c in CELL if c not in frame.columns)])
     for column in CELL:
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     return frame
@@ -104,6 +104,8 @@ def variant(row: pd.Series) -> str:
         label += f" · {row['recovery']}"
     if row.get("average_bits") is not None:
         label += f" · mixed {row['average_bits']:g} bits/weight"
+    if row.get("shared_activations"):
+        label += " · shared grids"
     return label
 
 
