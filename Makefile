@@ -81,14 +81,13 @@ recovery: venv data
 report:
 	$(PY) -m qexp.report $(wildcard $(GRID) $(RECOVERY)) --out $(REPORT)
 
-# The shipped checkpoint: the teacher, then ResNet20 distilled from it (both on 45 000 images, the
-# 5 000 others held out for every later choice). Each command resumes an interrupted run.
+# The next shipped checkpoint (conf/experiment/final.yaml; resumes an interrupted run), and the
+# distillation teacher the proxies compared it with.
+train: venv data
+	$(PY) -m qexp.train experiment=final $(EXTRA_TEST)
+
 teacher: venv data
 	$(PY) -m qexp.train experiment=teacher $(EXTRA_TEST)
-
-train: venv data
-	@test -f outputs/teacher/weights.pt || $(MAKE) teacher
-	$(PY) -m qexp.train experiment=final $(EXTRA_TEST)
 
 # Proxy runs that chose the final recipe: 15 epochs on 45 000 images, scored on the 5 000
 # held-out ones, and plain training for 25 epochs, the same time as 15 distilled ones; the
@@ -100,7 +99,7 @@ proxies: venv data
 	$(PROXY) experiment=distill teacher.checkpoint=outputs/teacher/weights.pt hydra.run.dir=outputs/proxies/distill
 	$(PROXY) data=cifar10_folder trainer=full optim.label_smoothing=0 optim.ema_decay=0.999 \
 		trainer.max_epochs=25 hydra.run.dir=outputs/proxies/plain-25
-	$(PY) -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes
+	$(PY) -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes --readme README.md
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
