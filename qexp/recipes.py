@@ -5,6 +5,8 @@ on proxy runs scored on the 5 000 held-out training images. This reads the weigh
 runs exported (their metadata holds the resolved config, the validation accuracies and the
 training time) and writes ``recipes.csv`` and ``recipes.md``, one row per run. Test accuracy is
 left out on purpose: a table that recipes are chosen from must not show the test split.
+With ``--readme README.md`` the table also replaces the README's ``<!-- report:recipes -->``
+block, so the README shows what the proxies measured, never a hand copy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from qexp.errors import QexpError
+from qexp.report.readme import fill
 
 
 def recipe_row(path: Path) -> dict[str, Any]:
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", type=Path, nargs="+", help="weight files exported by python -m qexp.train")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--readme", type=Path, help="a README whose <!-- report:recipes --> block gets the table")
     args = parser.parse_args(argv)
     try:
         table = pd.DataFrame([recipe_row(path) for path in args.weights])
@@ -92,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "recipes.csv", index=False)
-    (args.out / "recipes.md").write_text(recipes_markdown(table))
+    markdown = recipes_markdown(table)
+    (args.out / "recipes.md").write_text(markdown)
+    if args.readme:
+        args.readme.write_text(fill(args.readme.read_text(), {"recipes": markdown.rstrip("\n")}))
     print(f"{len(table)} runs -> {args.out}")
     return 0
 

@@ -54,3 +54,16 @@ def test_entry_point_writes_both_files_and_rejects_a_bad_file(tmp_path: Path, ca
     assert main([str(tmp_path / "bad.pt"), "--out", str(tmp_path / "out2")]) == 2
     assert "could not be read as a qexp weight file" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_readme_recipe_table_is_the_committed_one():
+    from qexp.report.readme import stale_blocks
+    from tests.conftest import ROOT
+
+    table = pd.read_csv(ROOT / "reports" / "recipes" / "recipes.csv")
+    block = {"recipes": recipes_markdown(table).rstrip("\n")}
+    assert stale_blocks((ROOT / "README.md").read_text(), block) == [], (
+        "the README's recipe table disagrees with reports/recipes/recipes.csv; regenerate it with "
+        "python -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes "
+        "--readme README.md"
+    )
