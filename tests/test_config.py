@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from qexp.data import CIFAR10DataModule
@@ -36,3 +37,20 @@ def test_quantize_config_composes(compose_in, quant, observer):
     assert cfg.quant.method == quant and cfg.quant.observer == observer
     if quant != "none":
         assert (cfg.quant.w_bits, cfg.quant.a_bits) == (4, 8)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_builds_its_model(compose_in, experiment):
+    extra = ["teacher.checkpoint=t.pt"] if experiment == "distill" else []
+    cfg = compose_in("train", [f"experiment={experiment}", *extra])
+    image = torch.zeros(1, 3, 32, 32)
+    assert instantiate(cfg.model)(image).shape == (1, 10)
+    if cfg.get("teacher") is not None:
+        assert instantiate(cfg.teacher.model)(image).shape == (1, 10)
+
+
+def test_final_experiment_is_the_recipe_the_proxies_chose(compose_in):
+    cfg = compose_in("train", ["experiment=final"])
+    assert cfg.trainer.max_epochs == 300 and cfg.data.val_size == 5000 and cfg.data.cutout_size == 0
+    assert cfg.optim.label_smoothing == 0 and cfg.optim.ema_decay == 0.999 and cfg.get("teacher") is None
+    assert Path(cfg.export_path).name == "resnet20_cifar10_jpeg.pt"
