@@ -82,7 +82,8 @@ report:
 	$(PY) -m qexp.report $(wildcard $(GRID) $(RECOVERY)) --out $(REPORT)
 
 # The next shipped checkpoint (conf/experiment/final.yaml; resumes an interrupted run), and the
-# distillation teacher the proxies compared it with.
+# distillation teacher the proxies compared it with. Both train on the JPEG mirror (data.root);
+# elsewhere add data=cifar10 to the command.
 train: venv data
 	$(PY) -m qexp.train experiment=final $(EXTRA_TEST)
 
@@ -92,13 +93,13 @@ teacher: venv data
 # Proxy runs that chose the final recipe: 15 epochs on 45 000 images, scored on the 5 000
 # held-out ones, and plain training for 25 epochs, the same time as 15 distilled ones; the
 # table lands in reports/recipes/ (test accuracy is not in it).
-PROXY := $(PY) -m qexp.train trainer.max_epochs=15 $(EXTRA_TEST)
+PROXY := $(PY) -m qexp.train $(EXTRA_TEST)
+PLAIN := data=cifar10_folder trainer=full optim.label_smoothing=0 optim.ema_decay=0.999
 proxies: venv data
-	$(PROXY) data=cifar10_folder trainer=full optim.label_smoothing=0 optim.ema_decay=0.999 \
-		hydra.run.dir=outputs/proxies/plain
-	$(PROXY) experiment=distill teacher.checkpoint=outputs/teacher/weights.pt hydra.run.dir=outputs/proxies/distill
-	$(PROXY) data=cifar10_folder trainer=full optim.label_smoothing=0 optim.ema_decay=0.999 \
-		trainer.max_epochs=25 hydra.run.dir=outputs/proxies/plain-25
+	$(PROXY) $(PLAIN) trainer.max_epochs=15 hydra.run.dir=outputs/proxies/plain
+	$(PROXY) experiment=distill teacher.checkpoint=outputs/teacher/weights.pt trainer.max_epochs=15 \
+		hydra.run.dir=outputs/proxies/distill
+	$(PROXY) $(PLAIN) trainer.max_epochs=25 hydra.run.dir=outputs/proxies/plain-25
 	$(PY) -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes --readme README.md
 
 lint: venv

@@ -11,10 +11,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # the project's root, where the commands run
+
 
 def git_commit() -> str:
     """The checked-out commit, with ``-dirty`` when the tree has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = CHECKOUT
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
@@ -32,24 +34,24 @@ def git_commit() -> str:
 
 
 def portable_path(path: Path) -> str:
-    """``path`` relative to the working directory when it lies inside it, else as given.
+    """``path`` relative to the checkout when it lies inside it, else as given.
 
     Result and weight files are committed and shared; an absolute path names one machine's
     checkout and means nothing on another.
     """
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(path.resolve().relative_to(CHECKOUT))
     except ValueError:
         return str(path)
 
 
 def portable_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain data, every path inside the working directory written relative to it.
+    """The resolved config as plain data, every path inside the checkout written relative to it.
 
     Hydra resolves output directories to absolute paths; those name one machine's checkout and mean
     nothing in a committed result or weight file.
     """
-    checkout = str(Path.cwd().resolve()) + "/"
+    checkout = str(CHECKOUT) + "/"
 
     def relative(value: Any) -> Any:
         if isinstance(value, str):

@@ -63,6 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "shared_activations": quant.get("shared_activations") or None,  # None: a grid per reader, as before
         "status": "failed",
         "reason": "",
+        "user_error": False,  # True: the reason is the user's input (a QexpError), not a fault
         "top1": None,
         "fp32_top1": None,
         "size_bytes": None,
@@ -128,7 +129,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except Unsupported as error:
         result.update(status="unsupported", reason=str(error))
     except QexpError as error:  # the user's input: the message says all, a traceback would be noise
-        result["reason"] = str(error)
+        result.update(reason=str(error), user_error=True)
     except Exception as error:  # a fault of qexp or a library, a plain ValueError included: keep the trace
         result["reason"] = f"{type(error).__name__}: {error}"
         log.error("cell failed:\n%s", traceback.format_exc())
@@ -177,7 +178,9 @@ def main(cfg: DictConfig) -> None:
     log.info(describe(result))
     if result["status"] == "failed" and HydraConfig.get().mode != RunMode.MULTIRUN:
         print(f"error: {result['reason']}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR)
+        # A QexpError's reason is its message alone; anything else was recorded as "<Type>: message"
+        # with its traceback in the log: a fault of qexp or a library, not of the user's input.
+        raise SystemExit(EXIT_USER_ERROR if result.get("user_error") else 1)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ def recipe_row(path: Path) -> dict[str, Any]:
     """One table row from a weight file written by ``python -m qexp.train``."""
     try:
         meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
-    except Exception as error:  # missing, truncated or foreign files all get the same answer
+        missing = [key for key in ("config", "epochs", "train_seconds") if key not in meta]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except Exception as error:  # missing, truncated or foreign files, or metadata without a recipe
         raise QexpError(
             f"{str(path)!r} could not be read as a qexp weight file ({type(error).__name__}); "
             "expected the weights.pt that python -m qexp.train exports."
@@ -94,12 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     except QexpError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    markdown = recipes_markdown(table)
+    readme = None
+    if args.readme:  # filled before anything is written, so a README without the block changes nothing
+        try:
+            readme = fill(args.readme.read_text(), {"recipes": markdown.rstrip("\n")})
+        except (OSError, ValueError) as error:
+            print(f"error: --readme {str(args.readme)!r}: {error}", file=sys.stderr)
+            return 2
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "recipes.csv", index=False)
-    markdown = recipes_markdown(table)
     (args.out / "recipes.md").write_text(markdown)
-    if args.readme:
-        args.readme.write_text(fill(args.readme.read_text(), {"recipes": markdown.rstrip("\n")}))
+    if readme is not None:
+        args.readme.write_text(readme)
     print(f"{len(table)} runs -> {args.out}")
     return 0
 

@@ -29,7 +29,7 @@ from qexp.atomic import write_atomically
 from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import exit_on_user_error
 from qexp.evaluate import accuracy, predict, sqnr_db
-from qexp.provenance import git_commit, hardware, versions
+from qexp.provenance import git_commit, hardware, portable_path, versions
 from qexp.quant import PTQConfig, check_bits, layer_names, ptq_config, quantize_model, recovery
 from qexp.weights import checkpoint_path, load_trained
 
@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "observer": cfg.quant.observer,
         "granularity": cfg.quant.granularity,
         "recovery": recovery(cfg.quant),
-        "checkpoint": str(checkpoint),
+        "checkpoint": portable_path(checkpoint),
         "data": cfg.data.get("label") or cfg.data.source,
         "seconds": round(time.perf_counter() - start, 2),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -23,7 +23,7 @@ from torch import nn
 
 from qexp.callbacks import EpochLog
 from qexp.data import CIFAR10DataModule, normalize
-from qexp.errors import exit_on_user_error
+from qexp.errors import QexpError, exit_on_user_error
 from qexp.evaluate import flip_averaged_top1, standard_error, top1
 from qexp.module import Classifier
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
@@ -57,6 +57,11 @@ def load_teacher(teacher_cfg: DictConfig | None) -> tuple[nn.Module | None, dict
     """
     if teacher_cfg is None:
         return None, None
+    if OmegaConf.is_missing(teacher_cfg, "checkpoint"):
+        raise QexpError(
+            "teacher.checkpoint is not set; expected the weight file of the teacher to distil from, e.g. "
+            "python -m qexp.train experiment=distill teacher.checkpoint=outputs/teacher/weights.pt."
+        )
     teacher = instantiate(teacher_cfg.model)
     path = Path(teacher_cfg.checkpoint)
     meta = load_weights(path, teacher, arch_name(teacher_cfg.model))

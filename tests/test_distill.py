@@ -116,13 +116,18 @@ def test_config_holds_no_absolute_path_of_the_checkout(compose_in):
 
 @pytest.mark.parametrize(
     ("checkpoint", "message"),
-    [("nowhere.pt", "does not exist"), (None, "holds arch 'resnet20'; expected 'widenet'")],
+    [
+        ("nowhere.pt", "does not exist"),
+        ("foreign", "holds arch 'resnet20'; expected 'widenet'"),
+        ("unset", "teacher.checkpoint is not set"),
+    ],
 )
-def test_bad_teacher_is_one_clear_error(tmp_path: Path, weights_file: Path, checkpoint, message: str):
-    path = tmp_path / checkpoint if checkpoint else weights_file
+def test_bad_teacher_is_one_clear_error(tmp_path: Path, weights_file: Path, checkpoint: str, message: str):
+    path = {"foreign": weights_file, "unset": None}.get(checkpoint, tmp_path / checkpoint)
+    teacher = [f"teacher.checkpoint={path}"] if path else []
     result = run_module(
-        "qexp.train", "experiment=distill", "data=synthetic", "trainer=smoke",
-        f"teacher.checkpoint={path}", f"hydra.run.dir={tmp_path}/run",
+        "qexp.train", "experiment=distill", "data=synthetic", "trainer=smoke", *teacher,
+        f"hydra.run.dir={tmp_path}/run",
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr + result.stdout

@@ -54,6 +54,9 @@ def test_entry_point_writes_both_files_and_rejects_a_bad_file(tmp_path: Path, ca
     assert main([str(tmp_path / "bad.pt"), "--out", str(tmp_path / "out2")]) == 2
     assert "could not be read as a qexp weight file" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+    (tmp_path / "README.md").write_text("no block here\n")
+    assert main([str(run), "--out", str(tmp_path / "out3"), "--readme", str(tmp_path / "README.md")]) == 2
+    assert "has no block for ['recipes']" in capsys.readouterr().err and not (tmp_path / "out3").exists()
 
 
 def test_the_readme_recipe_table_is_the_committed_one():
