@@ -177,3 +177,11 @@ def test_shared_activation_grids_are_a_cell_of_their_own(tmp_path: Path):
     frame = collect([sweep])
     assert len(frame) == 2  # not one duplicate of the other
     assert sorted(variant(row) for _, row in frame.iterrows()) == ["ours · minmax", "ours · minmax · shared grids"]
+
+
+def test_cells_with_the_same_labels_but_other_settings_are_kept_apart(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", top1=80.0, cell_key="a" * 64)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", top1=70.0, cell_key="b" * 64)  # e.g. a 1-epoch wiring check
+    fake_cell(sweep, "2", "2026-01-01T00:00:02", top1=81.0, cell_key="a" * 64)  # the same cell re-run
+    assert sorted(collect([sweep])["top1"]) == [70.0, 81.0]

@@ -37,9 +37,15 @@ def collect(directories: list[Path]) -> pd.DataFrame:
             rows.append(record)
     if not rows:
         raise ValueError(f"no result.json below {[str(d) for d in directories]}; expected Hydra sweep directories.")
-    frame = pd.DataFrame(rows).reindex(columns=sorted({*CELL, "finished_at", *pd.DataFrame(rows).columns}))
+    frame = pd.DataFrame(rows).reindex(columns=sorted({*CELL, "finished_at", "cell_key", *pd.DataFrame(rows).columns}))
     frame = _with_none_settings(frame)
-    frame = frame.sort_values("finished_at").drop_duplicates(subset=CELL, keep="last")
+    # A cell is its content hash when it has one (every setting, e.g. a 1-epoch QAT wiring check is
+    # not the 15-epoch cell); cells written before the hash existed are told apart by CELL.
+    identity = frame["cell_key"].where(
+        frame["cell_key"].notna(), frame[CELL].apply(lambda row: "|".join(map(str, row)), axis=1)
+    )
+    frame = frame.assign(_identity=identity).sort_values("finished_at").drop_duplicates("_identity", keep="last")
+    frame = frame.drop(columns="_identity")
     return frame.sort_values(["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False])
 
 
