@@ -6,7 +6,11 @@ with its input activation at 16 bits (weights alone) or at the same width -- whi
 the network stays float. Each cell records the test top-1 drop from FP32 and the SQNR of the
 logits, ``10 log10(sum y^2 / sum (y - y_q)^2)`` in dB. Calibration uses the calibration images
 (training data); the test split is only measured. ``quant.equalize``, ``bias_correction`` and
-``reconstruct`` apply when set; ``first_last_bits`` and ``average_bits`` are ignored. Writes
+``reconstruct`` apply when set; ``first_last_bits`` and ``average_bits`` are ignored. With
+``reconstruct=block`` a layer inside a residual block has its rounding fitted to that block's
+output (BRECQ's objective), the block's add staying float like the rest of the network, so that
+each row still costs one layer; the stem and the classifier are units of their own. Each row
+names the unit it was fitted to (``reconstruction_unit``, null without reconstruction). Writes
 ``sensitivity.json`` into the output directory; ``python -m qexp.report`` turns it into a table
 and a plot.
 """
@@ -31,6 +35,7 @@ from qexp.errors import exit_on_user_error
 from qexp.evaluate import accuracy, predict, sqnr_db
 from qexp.provenance import git_commit, hardware, portable_path, versions
 from qexp.quant import PTQConfig, check_bits, layer_names, ptq_config, quantize_model, recovery
+from qexp.quant.custom.reconstruct import units
 from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
@@ -54,9 +59,18 @@ def layer_sensitivity(
             top1 = accuracy(logits, test.labels)
             row = {"layer": layer, "bits": bits, "quantized": what, "top1": top1, "drop": fp32 - top1}
             row.update(sqnr_db=sqnr_db(reference, logits), fp32_top1=fp32, a_bits=config.a_bits)
+            row["reconstruction_unit"] = reconstruction_unit(quantized, model, config)
             rows.append(row)
             log.info("%-16s W%d %-13s top-1 %.2f, SQNR %.1f dB", layer, bits, what, top1, row["sqnr_db"])
     return rows
+
+
+def reconstruction_unit(quantized: nn.Module, model: nn.Module, config: PTQConfig) -> str | None:
+    """What a one-layer probe's rounding was fitted to: the layer, its residual block, or None (round to nearest)."""
+    if config.reconstruction is None:
+        return None
+    (unit,) = units(quantized, model, config.reconstruction.unit)
+    return unit
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -1,21 +1,29 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from qexp.errors import QexpError
 from qexp.models.resnet import Add, BasicBlock
 from qexp.quant.core.affine import fake_quantize
+from qexp.quant.core.capture import keep_input, keep_output, record
 from qexp.quant.core.fold import fold_batchnorm
-from qexp.quant.core.modules import shared_grids
+from qexp.quant.core.modules import FakeQuantize, QuantAdd, QuantLayer, shared_grids
 from qexp.quant.custom import reconstruct as reconstruction
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
 from qexp.quant.custom.reconstruct import (
     LearnedStepActivation,
     ReconstructionConfig,
     annealed_beta,
+    calibration_split,
     initial_logits,
     input_grid,
+    output_error,
     output_grids,
+    qdrop_mask,
+    reconstruct,
     rectified_sigmoid,
     rounding_regularizer,
     units,
@@ -40,9 +48,25 @@ def test_units_are_blocks_plus_the_layers_outside_them():
     assert all(isinstance(quantized.get_submodule(n), BasicBlock) for n in units(quantized, reference, "block")[1:-1])
 
 
-def test_with_only_some_layers_quantized_the_adds_stay_float_and_layers_are_units():
-    quantized, _ = quantize_model(tiny_resnet(), PTQConfig(8, 8), batches(1), only=["layer2.0.conv1", "fc"])
-    assert units(quantized, fold_batchnorm(tiny_resnet()), "block") == ["layer2.0.conv1", "fc"]
+def test_a_block_holding_one_quantized_layer_is_a_unit_though_its_add_stays_float():
+    only = ["layer2.0.conv1", "fc"]
+    quantized, _ = quantize_model(tiny_resnet(), PTQConfig(8, 8), batches(1), only=only)
+    assert not isinstance(quantized.layer2[0].add, QuantAdd)
+    assert units(quantized, fold_batchnorm(tiny_resnet()), "block") == ["layer2.0", "fc"]
+    assert units(quantized, fold_batchnorm(tiny_resnet()), "layer") == only
+
+
+def test_a_one_layer_probe_with_block_units_is_fitted_to_its_block_output():
+    """A sensitivity probe with reconstruct=block runs BRECQ's objective, not AdaRound's on the layer alone."""
+    model, calibration = tiny_resnet(), batches(1)
+    probe, _ = quantize_model(model, PTQConfig(2, 16, observer="mse"), calibration, only=["layer1.0.conv1"])
+    reference = fold_batchnorm(model)
+    got, want = (record(m, ["layer1.0"], calibration, keep_output)["layer1.0"] for m in (probe, reference))
+    config = ReconstructionConfig("block", steps=300, drop=0, scale_lr=0, held_out=0)
+    errors = reconstruct(probe, reference, calibration, config)
+    assert list(errors) == ["layer1.0"]
+    assert errors["layer1.0"][0] == pytest.approx(float(output_error(got, want)), rel=1e-5)  # the block's output
+    assert errors["layer1.0"][1] < 0.95 * errors["layer1.0"][0]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +109,7 @@ def test_learned_step_sizes_are_written_back_and_qdrop_only_acts_while_fitting()
     learned, _ = quantize_model(model, config, batches(1))
     before, after = (m.layer1[0].conv2.input_quantizer.scale for m in (rtn, learned))
     assert not torch.allclose(before, after)
-    stand_in = LearnedStepActivation(rtn.layer1[0].conv2.input_quantizer, drop=0.9).eval()
+    stand_in = LearnedStepActivation(rtn.layer1[0].conv2.input_quantizer, 0.9, torch.Generator()).eval()
     x = torch.rand(4, 16, 8, 8)
     expected = fake_quantize(x, before, stand_in.zero_point, stand_in.qmin, stand_in.qmax)
     assert torch.equal(stand_in(x), expected)
@@ -155,3 +179,109 @@ def test_a_shared_step_size_read_by_two_units_is_learned_by_the_first(monkeypatc
     quantized, given = owners(monkeypatch, Fork(), config)
     assert given == {"stem": None, "a": quantized.relu.output_quantizer, "b": None, "fc": None}
     assert quantized.a.input_quantizer.quantizer is quantized.b.input_quantizer.quantizer is given["a"]
+
+
+def frozen(model: nn.Module, seed: int = 1, **options: object) -> tuple[nn.Module, nn.Module, list[torch.Tensor]]:
+    """A round-to-nearest W2A4 tiny ResNet, its folded float reference and its calibration batches."""
+    quantized, _ = quantize_model(model, PTQConfig(2, 4, observer="mse", **options), batches(seed))
+    return quantized, fold_batchnorm(model), batches(seed)
+
+
+def test_errors_are_measured_on_held_out_images_the_fit_never_sees(monkeypatch):
+    quantized, reference, calibration = frozen(tiny_resnet())
+    calibration[-1][-8:] *= 10  # the 8 held-out images (1/8 of 64) are unlike the 56 fitted ones
+    fitted_on = []
+    fit = reconstruction._fit
+    monkeypatch.setattr(
+        reconstruction, "_fit", lambda unit, inputs, *args: fitted_on.append(inputs) or fit(unit, inputs, *args)
+    )
+    config = ReconstructionConfig("layer", steps=50, held_out=0.125)
+    errors = reconstruct(quantized, reference, calibration, config)
+    images = torch.cat(calibration)
+    assert len(fitted_on) == 8 and all(len(inputs) == 56 for inputs in fitted_on)
+    assert torch.equal(fitted_on[0], images[:56])  # the stem's input: the first 56 images themselves
+    got, want = (record(m, ["fc"], calibration, keep_output)["fc"] for m in (quantized, reference))
+    held_out, in_sample = (float(output_error(got[part], want[part])) for part in (slice(56, None), slice(0, 56)))
+    assert errors["fc"][1] == pytest.approx(held_out, rel=1e-5)  # the last unit's error after: on the held-out 8
+    assert held_out > 2 * in_sample  # ... which differ from the fitted images, so the in-sample error hides it
+
+
+def test_held_out_zero_measures_in_sample_and_too_few_images_are_refused():
+    assert calibration_split(64, 0.0) == (slice(None), slice(None))
+    assert calibration_split(64, 0.125) == (slice(0, 56), slice(56, None))
+    with pytest.raises(QexpError, match=r"held_out=0.125 of 2 calibration images holds out 0"):
+        calibration_split(2, 0.125)
+    with pytest.raises(ValueError, match=r"quant.reconstruction.held_out=1.0"):
+        ReconstructionConfig(held_out=1.0)
+
+
+@pytest.mark.parametrize("where", ["stem", "block"])
+def test_a_reconstruction_that_raises_leaves_the_model_as_it_was(monkeypatch, where):
+    quantized, reference, calibration = frozen(tiny_resnet(), shared_activations=True)
+    before = copy.deepcopy(quantized.state_dict())
+    modules = dict(quantized.named_modules())
+    modes = {name: m.training for name, m in modules.items()}
+    grads = {name: p.requires_grad for name, p in quantized.named_parameters()}
+    calls = []
+
+    def failing(output, target):
+        calls.append(1)
+        if len(calls) == 10:  # the error before, then eight steps: the stand-ins are in and have learned
+            raise RuntimeError("out of memory")
+        return output_error(output, target)
+
+    monkeypatch.setattr(reconstruction, "output_error", failing)
+    config = ReconstructionConfig("block", steps=20, scale_lr=1e-2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        if where == "stem":  # the first unit, through the whole pass
+            reconstruct(quantized, reference, calibration, config)
+        else:  # a block that learns its shared input grid: stand-ins for weights, activations and the grid
+            block, grid = quantized.layer1[0], quantized.relu.output_quantizer
+            with reconstruction.passing_through([grid]):
+                inputs = record(quantized, ["layer1.0"], calibration, keep_input)["layer1.0"]
+            float_inputs, targets = (
+                record(reference, ["layer1.0"], calibration, keep)["layer1.0"] for keep in (keep_input, keep_output)
+            )
+            reconstruction.reconstruct_unit(block, inputs, float_inputs, targets, config, tqdm(disable=True), grid)
+    assert dict(quantized.named_modules()) == modules  # every original quantizer back, no stand-in left
+    assert all(isinstance(m.weight_quantizer, FakeQuantize) for m in modules.values() if isinstance(m, QuantLayer))
+    assert same_state(quantized.state_dict(), before)  # weights, scales and modes as they were
+    assert {name: m.training for name, m in quantized.named_modules()} == modes
+    assert {name: p.requires_grad for name, p in quantized.named_parameters()} == grads
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Equal ``state_dict``s: the same tensors bit for bit and the same extra state (a quantizer's mode)."""
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_qdrop_masks_repeat_with_the_seed_on_the_tensors_device(device):
+    x = torch.zeros(4, 8, 6, 6, device=device)
+
+    def masks(seed: int) -> list[torch.Tensor]:
+        generator = torch.Generator(device).manual_seed(seed)
+        quantizer = PTQConfig(4, 4).make_quantizer(4).to(device)  # unfrozen: scale 1, zero point 0, grid 0..15
+        stand_in = LearnedStepActivation(quantizer, 0.5, generator).train()
+        return [qdrop_mask(x, 0.5, generator), stand_in(x - 1) == x - 1]  # -1 is off the grid: kept where dropped
+
+    first, again, other = masks(0), masks(0), masks(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], other[0]) and not torch.equal(first[0], first[1])  # the stream moves on
+    assert first[0].device.type == device and 0.4 < float(first[0].float().mean()) < 0.6
+
+
+def test_reconstruction_repeats_and_leaves_the_callers_random_state_alone():
+    model = tiny_resnet()
+    config = PTQConfig(2, 4, reconstruction=ReconstructionConfig("block", steps=20, drop=0.5))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, _ = quantize_model(model, config, batches(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    second, _ = quantize_model(model, config, batches(1))
+    assert same_state(first.state_dict(), second.state_dict())

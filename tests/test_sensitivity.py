@@ -1,11 +1,20 @@
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from qexp.data import Split
+from qexp.models.resnet import BasicBlock
+from qexp.quant import PTQConfig
+from qexp.quant.core.modules import QuantLayer
+from qexp.quant.custom import reconstruct as reconstruction
+from qexp.quant.custom.reconstruct import ReconstructionConfig
 from qexp.report import report
-from qexp.sensitivity import run
+from qexp.sensitivity import layer_sensitivity, run
 from tests.conftest import run_module
+from tests.test_ptq import batches, tiny_resnet
 from tests.test_report import fake_cell
 
 
@@ -31,3 +40,28 @@ def test_a_bad_width_is_one_clear_error(tmp_path: Path):
     result = run_module("qexp.sensitivity", "data=synthetic", "bits=[3,1]", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert "bits=1 is not supported" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_with_block_reconstruction_a_layer_in_a_block_is_fitted_to_the_block_and_its_row_says_so(monkeypatch):
+    fitted = []
+    fit = reconstruction.reconstruct_unit
+
+    def recording(unit, *args):
+        fitted.append(unit)
+        return fit(unit, *args)
+
+    monkeypatch.setattr(reconstruction, "reconstruct_unit", recording)
+    generator = torch.Generator().manual_seed(3)
+    test = Split(torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=generator), torch.arange(16) % 10)
+    datamodule = SimpleNamespace(splits={"test": test}, eval_batch_size=16, calibration_batches=lambda _: batches(1))
+    block = ReconstructionConfig("block", steps=3, held_out=0.25)
+    configs = {(2, "weights"): PTQConfig(2, 16, reconstruction=block), (2, "round to nearest"): PTQConfig(2, 16)}
+    rows = layer_sensitivity(tiny_resnet(), configs, datamodule)
+    units = {(row["layer"], row["quantized"]): row["reconstruction_unit"] for row in rows}
+    assert [unit for (_, what), unit in units.items() if what == "weights"] == [
+        "conv1", "layer1.0", "layer1.0", "layer2.0", "layer2.0", "layer3.0", "layer3.0", "fc"
+    ]  # fmt: skip
+    assert all(unit is None for (_, what), unit in units.items() if what == "round to nearest")
+    assert [type(unit).__name__ for unit in fitted] == ["QuantLayer", *["BasicBlock"] * 6, "QuantLayer"]
+    probes = [unit for unit in fitted if isinstance(unit, BasicBlock)]
+    assert all(sum(isinstance(m, QuantLayer) for m in unit.modules()) == 1 for unit in probes)  # one layer each

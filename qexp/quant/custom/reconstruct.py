@@ -14,7 +14,9 @@ The unit decides what error is minimised:
 * ``layer`` (AdaRound): each conv/linear layer's output (before its ReLU);
 * ``block`` (BRECQ, Li et al. 2021): each residual block's output, so the rounding of ``conv1``
   may compensate errors of ``conv2`` and of the shortcut's quantizer; layers outside any block
-  (the stem and the classifier) are units of their own.
+  (the stem and the classifier) are units of their own. A block that holds one quantized layer
+  and a float add (a per-layer sensitivity probe) is a unit too: that layer's rounding is fitted
+  to the block's output.
 
 A unit's input comes from the quantized model with every earlier unit already reconstructed,
 so later units learn to absorb earlier errors; its target is the float model's output. Two
@@ -23,7 +25,11 @@ the activation quantizers inside the unit learn their step size (``scale_lr > 0`
 gradient, zero point fixed; BRECQ instead learns step sizes in a second pass) and, while
 fitting, each activation value skips quantization with probability ``drop`` and each value of
 the unit's input is taken from the float model with the same probability, which flattens the
-loss surface the rounding is fitted to. Only calibration images (training data) are used.
+loss surface the rounding is fitted to. The masks come from a generator on the tensors' device
+seeded with ``seed``, so a run repeats on CPU and GPU alike. Only calibration images (training
+data) are used: the last ``held_out`` fraction of them is never fitted, and each unit's errors
+before and after are measured on those images, so that they show what the rounding does on
+images it was not fitted to (with ``held_out=0`` they are in-sample).
 
 With shared activations (``QuantOutput``/``SharedGrid``) a tensor's one quantizer sits at its
 producer, which may lie outside the unit that reads the tensor or inside the unit before it. A
@@ -52,7 +58,6 @@ from qexp.quant.core.capture import keep_input, keep_output, record
 from qexp.quant.core.modules import (
     FakeQuantize,
     Mode,
-    QuantAdd,
     QuantLayer,
     QuantOutput,
     quantizers,
@@ -112,20 +117,30 @@ class AdaRoundWeight(nn.Module):
         return (q - self.zero_point) * self.scale
 
 
-class LearnedStepActivation(nn.Module):
-    """Stands in for a frozen activation quantizer: learnable step size, and QDrop while training."""
+def qdrop_mask(like: Tensor, drop: float, generator: torch.Generator) -> Tensor:
+    """True where a value of ``like`` is kept float, with probability ``drop``; shaped like it, on its device.
 
-    def __init__(self, quantizer: FakeQuantize, drop: float) -> None:
+    ``generator`` must live on ``like``'s device: masks then depend on its seed alone, on CPU
+    and GPU alike, and the caller's random state is left as it was.
+    """
+    return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype) < drop
+
+
+class LearnedStepActivation(nn.Module):
+    """Stands in for a frozen activation quantizer: learnable step size, and QDrop (``qdrop_mask``) while training."""
+
+    def __init__(self, quantizer: FakeQuantize, drop: float, generator: torch.Generator) -> None:
         super().__init__()
         self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
         self.scale = nn.Parameter(quantizer.scale.detach().clone())
         self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
         self.drop = drop
+        self.generator = generator
 
     def forward(self, x: Tensor) -> Tensor:
         quantized = fake_quantize(x, self.scale.clamp(min=MIN_SCALE), self.zero_point, self.qmin, self.qmax)
         if self.training and self.drop > 0:
-            return torch.where(torch.rand_like(x) < self.drop, x, quantized)
+            return torch.where(qdrop_mask(x, self.drop, self.generator), x, quantized)
         return quantized
 
 
@@ -141,7 +156,8 @@ class ReconstructionConfig:
     drop: float = 0.5  # QDrop probability; 0 for plain AdaRound/BRECQ
     regularization: float = 0.01  # lambda of the rounding regulariser
     warmup: float = 0.2  # fraction of steps without the regulariser
-    seed: int = 0
+    held_out: float = 0.125  # fraction of the calibration images never fitted, on which the errors are measured
+    seed: int = 0  # of the image sampling and of QDrop's masks
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -154,20 +170,22 @@ class ReconstructionConfig:
             "drop": 0 <= self.drop < 1,
             "regularization": self.regularization >= 0,
             "warmup": 0 <= self.warmup < 1,
+            "held_out": 0 <= self.held_out < 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise QexpError(
                     f"quant.reconstruction.{name}={getattr(self, name)!r} is out of range; expected steps and "
-                    "batch_size >= 1, lr > 0, scale_lr and regularization >= 0, drop and warmup in [0, 1)."
+                    "batch_size >= 1, lr > 0, scale_lr and regularization >= 0, drop, warmup and held_out in [0, 1)."
                 )
 
 
 def units(quantized: nn.Module, reference: nn.Module, unit: str) -> list[str]:
     """Names of what is reconstructed, in forward order: layers, or residual blocks and the layers outside them.
 
-    Blocks are those of the float ``reference`` (``find_patterns``) whose add ``quantized`` quantizes:
-    when only some layers are quantized, the adds stay float and each such layer is a unit alone.
+    Blocks are those of the float ``reference`` (``find_patterns``) that hold a quantized layer,
+    whether or not their add is quantized: in a probe that quantizes one layer of a block (the
+    rest, add included, float) the block's output is still what that layer's rounding is fitted to.
     """
     layers = [name for name, m in quantized.named_modules() if isinstance(m, QuantLayer)]
     if unit == "layer":
@@ -175,7 +193,7 @@ def units(quantized: nn.Module, reference: nn.Module, unit: str) -> list[str]:
     blocks = [
         block.module
         for block in find_patterns(reference).blocks
-        if isinstance(quantized.get_submodule(block.add), QuantAdd)
+        if any(layer.startswith(block.module + ".") for layer in layers)
     ]
     inside = {layer for layer in layers for block in blocks if layer.startswith(block + ".")}
     order = {name: index for index, (name, _) in enumerate(quantized.named_modules())}
@@ -190,21 +208,24 @@ def _fit(
     config: ReconstructionConfig,
     rounding: list[AdaRoundWeight],
     scales: list[nn.Parameter],
+    masks: torch.Generator,
     bar: tqdm,
 ) -> None:
-    """Adam on the rounding logits (and step sizes): output error plus the annealed rounding regulariser."""
+    """Adam on the rounding logits (and step sizes): output error plus the annealed rounding regulariser.
+
+    ``masks`` draws QDrop's masks of the unit's input here and of its activations in the stand-ins.
+    """
     groups = [{"params": [r.logits for r in rounding], "lr": config.lr}]
     if scales and config.scale_lr > 0:
         groups.append({"params": scales, "lr": config.scale_lr})
     optimizer = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(config.seed)
-    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # seeds QDrop's masks, not the caller's RNG
-        torch.default_generator.manual_seed(config.seed)
+    with torch.enable_grad():
         for step in range(config.steps):
             index = torch.randint(len(inputs), (config.batch_size,), generator=generator)
             x = inputs[index]
             if float_inputs is not None:
-                x = torch.where(torch.rand_like(x) < config.drop, float_inputs[index], x)
+                x = torch.where(qdrop_mask(x, config.drop, masks), float_inputs[index], x)
             loss = output_error(unit(x), targets[index])
             beta = annealed_beta(step, config.steps, config.warmup)
             if beta is not None:
@@ -222,7 +243,7 @@ def output_error(output: Tensor, target: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _error(unit: nn.Module, inputs: Tensor, targets: Tensor, chunk: int = 256) -> float:
-    """``output_error`` of the unit as it now is, over all calibration images."""
+    """``output_error`` of the unit as it now is, over all of ``inputs``."""
     errors = [output_error(unit(inputs[i : i + chunk]), targets[i : i + chunk]) * len(inputs[i : i + chunk])
               for i in range(0, len(inputs), chunk)]  # fmt: skip
     return float(sum(errors) / len(inputs))
@@ -241,6 +262,63 @@ def output_grids(unit: nn.Module) -> list[FakeQuantize]:
     read = {id(grid.quantizer) for grid in shared_grids(unit)}
     produced = [m.output_quantizer for m in unit.modules() if isinstance(m, QuantOutput)]
     return [quantizer for quantizer in produced if id(quantizer) not in read]
+
+
+def calibration_split(images: int, held_out: float) -> tuple[slice, slice]:
+    """The calibration images a unit is fitted on and those its errors are measured on, as slices.
+
+    The last ``round(held_out * images)`` images are held out: never fitted, only measured. With
+    ``held_out=0`` both slices are every image and the errors are in-sample.
+    """
+    count = round(held_out * images)
+    if count == 0 and held_out == 0:
+        return slice(None), slice(None)
+    if not 0 < count < images:
+        raise QexpError(
+            f"quant.reconstruction.held_out={held_out!r} of {images} calibration images holds out {count}; "
+            "expected at least one image held out and one fitted (more calibration images, or held_out=0)."
+        )
+    return slice(0, images - count), slice(images - count, None)
+
+
+def describe_split(images: int, held_out: float) -> str:
+    """Which calibration images the errors are measured on, for the log."""
+    fit, measured = calibration_split(images, held_out)
+    if measured == fit:
+        return f"the {images} fitted calibration images (in-sample)"
+    return f"the {images - measured.start} held-out calibration images {measured.start}..{images - 1} (never fitted)"
+
+
+@contextlib.contextmanager
+def standing_in(model: nn.Module, stand_ins: dict[str, nn.Module]) -> Iterator[None]:
+    """Put each stand-in where the submodule of that name is; put the originals back even if the body raises.
+
+    Train/eval flags of ``model``'s modules are restored as well, so a reconstruction that fails
+    leaves the model as it found it.
+    """
+    modes = {module: module.training for module in model.modules()}
+    originals = {}
+    try:
+        for name, stand_in in stand_ins.items():
+            originals[name] = swap_module(model, name, stand_in)
+        yield
+    finally:
+        for name, original in reversed(originals.items()):
+            swap_module(model, name, original)
+        for module, training in modes.items():
+            module.training = training
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """``requires_grad`` off for ``model``'s parameters while the body runs, then as it was, even if the body raises."""
+    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags.items():
+            parameter.requires_grad_(flag)
 
 
 @contextlib.contextmanager
@@ -267,44 +345,48 @@ def reconstruct_unit(
 ) -> tuple[float, float]:
     """Learn the rounding (and activation step sizes) of one frozen unit in place.
 
-    Returns the unit's output error over all ``inputs`` with round-to-nearest before and with
-    the learned hard rounding after. The unit's quantizers are swapped for trainable stand-ins
-    and swapped back afterwards with the result written into them: the hard rounding into the
+    Fits on the first images of ``inputs`` and returns the unit's output error on the held-out
+    rest (``calibration_split``) with round-to-nearest before and with the learned hard rounding
+    after. The unit's quantizers are swapped for trainable stand-ins and swapped back afterwards
+    -- also when fitting raises -- with the result written into them: the hard rounding into the
     layer weights, the learned step sizes into the activation quantizers' scales.
     ``shared_input``: the shared quantizer of the unit's input that this unit learns (see the
     module docstring); ``inputs`` are then taken before it, and it quantizes them first.
     """
     fitted = unit if shared_input is None else nn.Sequential(shared_input, unit)
+    fit, measured = calibration_split(len(inputs), config.held_out)
     handed_on = output_grids(unit)
     not_learned = {id(grid) for grid in handed_on}
+    masks = torch.Generator(inputs.device).manual_seed(config.seed)
     with passing_through(handed_on):
-        before = _error(fitted, inputs, targets)
-        layers = {name: m for name, m in unit.named_modules() if isinstance(m, QuantLayer)}
-        originals = {name: layer.weight_quantizer for name, layer in layers.items()}
+        before = _error(fitted, inputs[measured], targets[measured])
+        layers = {name: m for name, m in fitted.named_modules() if isinstance(m, QuantLayer)}
         rounding = {name: AdaRoundWeight(layer.weight_quantizer, layer.layer.weight) for name, layer in layers.items()}
-        learned = {}  # name in ``fitted`` -> (stand-in, original quantizer)
+        learned = {}  # name in ``fitted`` -> stand-in of the activation quantizer there
         if config.scale_lr > 0 or config.drop > 0:
             for name, quantizer in quantizers(fitted, "activation").items():
                 if id(quantizer) not in not_learned:
-                    learned[name] = (LearnedStepActivation(quantizer, config.drop), quantizer)
-        for name, adaround in rounding.items():
-            layers[name].weight_quantizer = adaround
-        for name, (stand_in, _) in learned.items():
-            swap_module(fitted, name, stand_in)
-        fitted.train()
-        scales = [stand_in.scale for stand_in, _ in learned.values()]
-        inputs_to_mix = float_inputs if config.drop > 0 else None
-        _fit(fitted, inputs, inputs_to_mix, targets, config, list(rounding.values()), scales, bar)
-        fitted.eval()
-        with torch.no_grad():
-            for name, adaround in rounding.items():
-                adaround.hard = True
-                layers[name].layer.weight.copy_(adaround(layers[name].layer.weight))
-                layers[name].weight_quantizer = originals[name]
-            for name, (stand_in, original) in learned.items():
-                original.scale.copy_(stand_in.scale.clamp(min=MIN_SCALE))
-                swap_module(fitted, name, original)
-        return before, _error(fitted, inputs, targets)
+                    learned[name] = LearnedStepActivation(quantizer, config.drop, masks)
+        stand_ins = {_child(name, "weight_quantizer"): adaround for name, adaround in rounding.items()}
+        originals = {name: fitted.get_submodule(name) for name in learned}
+        with standing_in(fitted, {**stand_ins, **learned}):
+            fitted.train()
+            inputs_to_mix = float_inputs[fit] if config.drop > 0 else None
+            scales = [stand_in.scale for stand_in in learned.values()]
+            _fit(fitted, inputs[fit], inputs_to_mix, targets[fit], config, list(rounding.values()), scales, masks, bar)
+            fitted.eval()
+            with torch.no_grad():
+                for name, adaround in rounding.items():
+                    adaround.hard = True
+                    layers[name].layer.weight.copy_(adaround(layers[name].layer.weight))
+                for name, stand_in in learned.items():
+                    originals[name].scale.copy_(stand_in.scale.clamp(min=MIN_SCALE))
+        return before, _error(fitted, inputs[measured], targets[measured])
+
+
+def _child(module: str, attribute: str) -> str:
+    """The name of ``module``'s submodule ``attribute``, where ``module`` may be the root ("")."""
+    return f"{module}.{attribute}" if module else attribute
 
 
 def reconstruct(
@@ -315,14 +397,17 @@ def reconstruct(
     ``reference`` is the float model ``quantized`` was made from (BatchNorm folded, same module
     names); it provides the targets and is only read. Afterwards every layer's weight holds its
     dequantized integers, so the frozen quantizers, the export and the integer kernels see the
-    learned rounding. Returns each unit's output error before and after.
+    learned rounding. Returns each unit's output error before and after, measured on the held-out
+    calibration images (``calibration_split``; the log says which).
     """
     names = units(quantized, reference, config.unit)
-    quantized.requires_grad_(False)
+    measured_on = describe_split(sum(len(batch) for batch in batches), config.held_out)
+    log.info("reconstruct (%s): output errors measured on %s", config.unit, measured_on)
+    sample = "in-sample" if config.held_out == 0 else "held-out"
     errors = {}
     learned_grids: set[int] = set()  # shared quantizers an earlier unit learned: later readers see them frozen
     progress = tqdm(total=len(names) * config.steps, desc=f"reconstruct ({config.unit})", disable=None)
-    with progress as bar:
+    with progress as bar, frozen_parameters(quantized):
         for name in names:
             float_inputs, targets = (
                 record(reference, [name], batches, keep, stop=True)[name] for keep in (keep_input, keep_output)
@@ -336,5 +421,5 @@ def reconstruct(
             errors[name] = reconstruct_unit(unit, inputs, float_inputs, targets, config, bar, shared_input)
             if shared_input is not None:
                 learned_grids.add(id(shared_input))
-            log.info("reconstructed %s: output error %.4g -> %.4g", name, *errors[name])
+            log.info("reconstructed %s: output error %.4g -> %.4g (%s)", name, *errors[name], sample)
     return errors
