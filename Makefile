@@ -81,7 +81,7 @@ recovery: venv data
 report:
 	$(PY) -m qexp.report $(wildcard $(GRID) $(RECOVERY)) --out $(REPORT)
 
-# The next shipped checkpoint (conf/experiment/final.yaml; resumes an interrupted run), and the
+# The 300-epoch candidate checkpoint (conf/experiment/final.yaml; resumes an interrupted run), and the
 # distillation teacher the proxies compared it with. Both train on the JPEG mirror (data.root);
 # elsewhere add data=cifar10 to the command.
 train: venv data
@@ -100,7 +100,8 @@ proxies: venv data
 	$(PROXY) experiment=distill teacher.checkpoint=outputs/teacher/weights.pt trainer.max_epochs=15 \
 		hydra.run.dir=outputs/proxies/distill
 	$(PROXY) $(PLAIN) trainer.max_epochs=25 hydra.run.dir=outputs/proxies/plain-25
-	$(PY) -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes --readme README.md
+	$(PY) -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt outputs/final/weights.pt \
+		outputs/reference/weights.pt --out reports/recipes --readme README.md
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

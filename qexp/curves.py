@@ -35,7 +35,7 @@ def plot_curves(metrics: pd.DataFrame, path: Path) -> None:
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = metrics["epoch"] + 1
-    loss_ax.plot(epochs, metrics["train/loss"], label="train loss (label-smoothed, augmented)")
+    loss_ax.plot(epochs, metrics["train/loss"], label="train loss (augmented batches)")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Training loss")
     for column, label in (("val/acc", "raw weights"), ("val/ema_acc", "EMA weights")):
         if column in metrics:

@@ -80,38 +80,48 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model, meta, datamodule = load_trained(cfg, checkpoint)
         test = datamodule.splits["test"]
         result["checkpoint_test_top1"] = meta.get("test_top1")
+        batch_size = datamodule.eval_batch_size
+
+        def float_top1(split: Split, field: str) -> dict[str, Any]:
+            """The float model's top-1 on ``split`` as ``{field: ...}``, measured once per checkpoint and split."""
+            return cached_reference(
+                Path(cfg.cache_dir),
+                checkpoint,
+                split,
+                batch_size,
+                lambda: {field: top1(model, split, normalize, batch_size)},
+            )
+
         result.update(
             cached_reference(
                 Path(cfg.cache_dir),
                 checkpoint,
                 test,
-                datamodule.eval_batch_size,
+                batch_size,
                 lambda: {
-                    "fp32_top1": top1(model, test, normalize, datamodule.eval_batch_size),
+                    "fp32_top1": top1(model, test, normalize, batch_size),
                     "fp32_size_bytes": serialized_bytes(model),
                 },
             )
         )
-        extra_test = datamodule.splits.get("extra_test")
-        if extra_test is not None:  # measured before quantizing, on the float model
-            result.update(
-                cached_reference(
-                    Path(cfg.cache_dir),
-                    checkpoint,
-                    extra_test,
-                    datamodule.eval_batch_size,
-                    lambda: {"extra_test_fp32_top1": top1(model, extra_test, normalize, datamodule.eval_batch_size)},
-                )
-            )
+        # Measured before quantizing, on the float model: the second test set and the validation split
+        # (the 5 000 training images the checkpoint never saw, on which settings are chosen; never test).
+        extra_test, val = datamodule.splits.get("extra_test"), datamodule.splits.get("val")
+        if extra_test is not None:
+            result.update(float_top1(extra_test, "extra_test_fp32_top1"))
+        if val is not None:
+            result.update(float_top1(val, "fp32_val_top1"))
         # QAT checkpoints into a folder of its own cell (same config and checkpoint), so re-running the cell
         # continues it and another cell in the same directory never resumes from it; redo=true starts afresh.
         workdir = Path(cfg.output_dir) / "qat" / key[:16]
         quantized = quantize(model, quant, datamodule, workdir=workdir, resume=not cfg.redo, checkpoint_meta=meta)
         if not quantized.observed:
             result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
-        result.update(evaluate_on_test(quantized.model, test, datamodule.eval_batch_size))
+        result.update(evaluate_on_test(quantized.model, test, batch_size))
+        if val is not None:
+            result.update(val_top1=top1(quantized.model, val, normalize, batch_size), val_images=len(val))
         if extra_test is not None:
-            extra_top1 = top1(quantized.model, extra_test, normalize, datamodule.eval_batch_size)
+            extra_top1 = top1(quantized.model, extra_test, normalize, batch_size)
             result.update(
                 extra_test_top1=extra_top1,
                 extra_test_stderr=standard_error(extra_top1, len(extra_test)),

@@ -142,6 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # hold the optimizer's Hydra partial, which a weights-only load refuses.
     trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not val_metrics and datamodule.val_size:  # a finished run re-run: fit trained and validated nothing
+        val_metrics = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}
     test_metrics = trainer.test(module, datamodule, verbose=False)[0]
     choice = choose_weights({**val_metrics, **test_metrics})
     network = module.ema.module if choice == "ema" else module.model

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qexp.atomic import write_atomically
@@ -64,10 +64,46 @@ def checkpoint_path(checkpoint: str | None) -> Path:
     return Path(checkpoint) if checkpoint else SHIPPED
 
 
+def training_data(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``data`` config a weight file's model was trained with (empty for a file from elsewhere)."""
+    if not isinstance(meta.get("config"), str):
+        return {}
+    return OmegaConf.create(meta["config"]).get("data") or {}
+
+
+def check_held_out(meta: Mapping[str, Any], datamodule: CIFAR10DataModule) -> None:
+    """``QexpError`` unless ``datamodule``'s validation split is the one the checkpoint was trained without.
+
+    Quantization settings and the QAT epoch are chosen on that split; images the float model was
+    trained on would flatter every candidate and make the choice one of noise. Files record
+    ``val_size`` and ``split_seed``; older ones (the shipped reference run) only their resolved
+    training config, which says the same in ``data.val_size`` and ``data.seed``. A file that says
+    neither is taken at its word, and so is a run on another data source than the training one
+    (its images are not the training images).
+    """
+    data = training_data(meta)
+    if data.get("source", datamodule.source) != datamodule.source:
+        return
+    val_size, seed = meta.get("val_size", data.get("val_size")), meta.get("split_seed", data.get("seed"))
+    if val_size is None:
+        return
+    same_seed = seed is None or val_size == 0 or seed == datamodule.seed
+    if val_size == datamodule.val_size and same_seed:
+        return
+    held_out = f"data.val_size={val_size} data.seed={seed}" if val_size else "data.val_size=0"
+    raise QexpError(
+        f"the checkpoint was trained with {held_out} held out, but this run validates on data.val_size="
+        f"{datamodule.val_size} data.seed={datamodule.seed}: settings and the QAT epoch would be chosen on images "
+        f"the FP32 model was trained on. Run with {held_out} (with data.val_size=0 nothing is held out, nothing is "
+        "validated and QAT keeps its last epoch)."
+    )
+
+
 def load_trained(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str, Any], CIFAR10DataModule]:
     """The float model of ``cfg.model`` in eval mode with ``checkpoint``'s weights, their metadata, and the set-up data.
 
-    What every entry point that starts from a trained model (quantization, sensitivity) does first.
+    What every entry point that starts from a trained model (quantization, sensitivity) does
+    first, including the check that its validation split is the one the model never saw.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -75,5 +111,6 @@ def load_trained(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str
     meta = load_weights(checkpoint, model, arch_name(cfg.model))
     model.eval()
     datamodule: CIFAR10DataModule = instantiate(cfg.data)
+    check_held_out(meta, datamodule)
     datamodule.setup()
     return model, meta, datamodule

@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 
 from qexp.evaluate import standard_error, unpack_correct
+from qexp.models import resnet20
 from qexp.quantize import run
+from qexp.weights import save_weights
 from tests.conftest import run_module
 
 FIELDS = {
@@ -160,13 +162,14 @@ def test_a_finished_cell_is_skipped_and_a_stale_failed_or_forced_one_runs(compos
 
 def test_fp32_reference_is_measured_once_per_checkpoint_and_test_split(compose_in, weights_file: Path, tmp_path: Path):
     first = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant=none"]))
-    (cache,) = (tmp_path / "cache").glob("fp32-*.json")
-    assert json.loads(cache.read_text())["fp32_top1"] == first["fp32_top1"]
+    caches = list((tmp_path / "cache").glob("fp32-*.json"))  # one per split: test and validation
+    (cache,) = [path for path in caches if "fp32_top1" in json.loads(path.read_text())]
+    assert json.loads(cache.read_text())["fp32_top1"] == first["fp32_top1"] and len(caches) == 2
     cache.write_text(json.dumps({"fp32_top1": 42.0, "fp32_size_bytes": 7}))  # a planted value proves the read
     second = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=8"]))
     assert (second["fp32_top1"], second["fp32_size_bytes"]) == (42.0, 7)
     other_test = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "data.seed=3", "bits=8"]))
-    assert other_test["fp32_top1"] != 42.0 and len(list((tmp_path / "cache").glob("fp32-*.json"))) == 2
+    assert other_test["fp32_top1"] != 42.0 and len(list((tmp_path / "cache").glob("fp32-*.json"))) == 4
 
 
 def test_results_hold_no_absolute_path_of_the_checkout(compose_in):
@@ -186,3 +189,20 @@ def test_a_second_test_set_is_measured_beside_the_test_split(compose_in, weights
         assert cell["extra_test_label"] == "folder" and 0 <= cell["extra_test_top1"] <= 100
         assert cell["extra_test_stderr"] == pytest.approx(standard_error(cell["extra_test_top1"], 60))
     assert "extra_test_top1" not in run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}"]))
+
+
+def test_every_cell_scores_the_validation_split_the_checkpoint_never_saw(compose_in, weights_file: Path):
+    base = ["data=synthetic", f"checkpoint={weights_file}"]
+    fp32 = run(compose_in("quantize", [*base, "quant=none"]))
+    w2 = run(compose_in("quantize", [*base, "bits=2"]))
+    assert fp32["val_top1"] == fp32["fp32_val_top1"] == w2["fp32_val_top1"] and fp32["val_images"] == 64
+    assert 0 <= w2["val_top1"] <= 100 and w2["val_images"] == 64
+    assert "val_top1" not in run(compose_in("quantize", [*base, "data.val_size=0"]))
+
+
+def test_a_validation_split_other_than_the_checkpoints_is_refused(compose_in, tmp_path: Path):
+    path = tmp_path / "held-out.pt"
+    save_weights(path, resnet20(), arch="resnet20", meta={"val_size": 64, "split_seed": 0})
+    result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={path}", "data.seed=1"]))
+    assert result["status"] == "failed" and result["user_error"]
+    assert "Run with data.val_size=64 data.seed=0" in result["reason"]

@@ -30,7 +30,12 @@ def test_train_entry_trains_resumes_and_exports(compose_in, tmp_path: Path, imag
     assert not any(k.startswith("_orig_mod") for k in payload["state_dict"])
     # the same command again resumes from last.ckpt and trains one more epoch
     cfg.trainer.max_epochs = 2
-    assert train(cfg)["epochs"] == 2
+    second = train(cfg)
+    assert second["epochs"] == 2
+    # a finished run re-run trains nothing, but still validates: the export is chosen on validation
+    again = train(cfg)
+    assert again["epochs"] == 2 and again["val_top1"] == pytest.approx(second["val_top1"], abs=2.0)
+    assert set(again["val_top1"]) == {"val/acc", "val/ema_acc"} and again["weights"] == second["weights"]
 
 
 def test_schedule_warms_up_then_decays_to_zero():

@@ -27,7 +27,8 @@ from qexp.quant.custom.reconstruct import ReconstructionConfig
 from qexp.quant.export.packed import integer_export, serialized_bytes
 from qexp.quant.pytorch import fx, pt2e
 from qexp.quant.pytorch.float16 import FP16_REASON, to_float16
-from qexp.quant.qat.finetune import QATConfig, check_held_out, fine_tune
+from qexp.quant.qat.finetune import QATConfig, fine_tune
+from qexp.weights import check_held_out
 
 METHODS = ("none", "custom_ptq", "torch_ptq", "qat")
 FLOWS = ("fx", "pt2e")
@@ -129,7 +130,7 @@ def quantize_with_qat(
 ) -> Quantized:
     """QAT: our PTQ model (exactly as ``custom_ptq`` makes it) fine-tuned with distillation from ``model``."""
     config = qat_config(quant)
-    check_held_out(checkpoint_meta, datamodule)
+    check_held_out(checkpoint_meta, datamodule)  # load_trained checks it too; callers of this API may not use it
     start, images = quantize_model(model, ptq_config(quant), datamodule.calibration_batches(torch.device("cpu")))
     run = fine_tune(start, model, datamodule, config, quant.trainer, workdir, resume)
     extra = {
@@ -137,7 +138,7 @@ def quantize_with_qat(
         "qat_seconds": run.seconds,
         "qat_chosen_epoch": run.chosen_epoch,
         "qat_val_top1": run.chosen_val_top1,
-        "val_top1": run.val_top1,
+        "qat_val_history": run.val_top1,
     }
     chosen = "no validation split: last epoch" if run.chosen_val_top1 is None else "best on validation"
     chosen = f"epoch {run.chosen_epoch} ({chosen})"

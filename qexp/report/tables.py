@@ -2,7 +2,7 @@
 
 Every table is a function of the cells alone, so ``results.md`` and the README's generated
 blocks (``readme.py``) show the same numbers. Columns for fields that later runs record
-(``payload_bytes``, ``extra_test_top1``, ``test_correct``) appear only when some cell has them.
+(``payload_bytes``, ``val_top1``, ``extra_test_top1``, ``test_correct``) appear only when some cell has them.
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ def size_text(row: pd.Series) -> str:
     if not pd.isna(row.get("payload_bytes")):
         text += f" / {kib(row['payload_bytes'])}"
     return text
+
+
+def val_text(row: pd.Series) -> str:
+    """Validation top-1 and its change against the float model on the same images; empty when not measured."""
+    if row["status"] != "ok" or pd.isna(row.get("val_top1")):
+        return ""
+    return f"{row['val_top1']:.2f} ({row['val_top1'] - row['fp32_val_top1']:+.2f})"
 
 
 def extra_test_text(row: pd.Series) -> str:
@@ -307,6 +314,16 @@ def results_markdown(frame: pd.DataFrame, sensitivity: pd.DataFrame) -> str:
         comparison_table(frame),
         "",
     ]
+    if has(frame, "val_top1"):
+        parts += [
+            "## Validation top-1 (%) and change vs FP32: what settings are chosen on",
+            "",
+            "The held-out training images the checkpoint never saw (its recorded split); recipes are compared "
+            "here, and the test split above is reported once.",
+            "",
+            pivot(frame, val_text),
+            "",
+        ]
     if has(frame, "extra_test_top1"):
         label = frame["extra_test_label"].dropna().iloc[0]
         parts += [f"## Top-1 (%) on {label}, ± one standard error", "", pivot(frame, extra_test_text), ""]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -87,8 +86,9 @@ class ValidationHistory(L.Callback):
     def __init__(self) -> None:
         self.top1: list[float] = []
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Validation has run by now; the checkpoint callbacks run after this one and save the entry.
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation ends before the training epoch does, so the epoch's checkpoint saves the entry;
+        # appending here (not at every training epoch's end) keeps one entry per validation run.
         value = trainer.callback_metrics.get("val/acc")
         if value is not None:
             self.top1.append(100 * float(value))
@@ -98,28 +98,6 @@ class ValidationHistory(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.top1 = list(state_dict["top1"])
-
-
-def check_held_out(checkpoint_meta: Mapping[str, Any], datamodule: CIFAR10DataModule) -> None:
-    """``QexpError`` unless ``datamodule``'s validation split is the one the checkpoint was trained without.
-
-    QAT chooses its epoch on that split; images the float model was trained on would flatter
-    every epoch and make the choice one of noise. Weight files record ``val_size`` and
-    ``split_seed``; a file without them (written before they were recorded) is taken at its word.
-    """
-    val_size, seed = checkpoint_meta.get("val_size"), checkpoint_meta.get("split_seed")
-    if val_size is None:
-        return
-    same_seed = seed is None or val_size == 0 or seed == datamodule.seed
-    if val_size == datamodule.val_size and same_seed:
-        return
-    held_out = f"data.val_size={val_size} data.seed={seed}" if val_size else "data.val_size=0"
-    raise QexpError(
-        f"the checkpoint was trained with {held_out} held out, but this run validates on data.val_size="
-        f"{datamodule.val_size} data.seed={datamodule.seed}: QAT would choose its epoch on images the FP32 model "
-        f"was trained on. Run with {held_out} (with data.val_size=0 nothing is held out and QAT keeps its last "
-        "epoch)."
-    )
 
 
 def fine_tune(
