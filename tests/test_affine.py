@@ -103,3 +103,23 @@ def test_pack_round_trips_and_packs_low_bit_widths(bits, symmetric, n, seed):
 def test_two_bit_packing_puts_four_values_in_a_byte():
     q = torch.tensor([-1, 0, 1, 1, -1])
     assert pack(q, 2, -1).tolist() == [0 + (1 << 2) + (2 << 4) + (2 << 6), 0]
+
+
+def test_the_full_signed_range_uses_the_code_the_narrow_one_wastes():
+    assert quant_range(2, True, narrow=False) == (-2, 1) and quant_range(8, True, narrow=False) == (-128, 127)
+    # both ends fit: the negative end has one level more
+    scale, zero_point = choose_qparams(torch.tensor(-2.0), torch.tensor(1.0), 2, True, narrow=False)
+    assert float(scale) == 1.0 and float(zero_point) == 0
+    scale, _ = choose_qparams(torch.tensor(-1.0), torch.tensor(3.0), 2, True, narrow=False)
+    assert float(scale) == 3.0  # the positive end decides
+    x = torch.tensor([-2.2, -1.0, -0.4, 0.0, 0.6, 1.0, 1.7])
+    levels = fake_quantize(x, torch.tensor(1.0), torch.tensor(0.0), -2, 1)
+    assert levels.tolist() == [-2.0, -1.0, 0.0, 0.0, 1.0, 1.0, 1.0]  # four levels from two bits
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 50), seed=st.integers(0, 1000))
+def test_full_range_two_bit_integers_pack_into_two_bits(n, seed):
+    q = torch.randint(-2, 2, (n,), generator=torch.Generator().manual_seed(seed))
+    packed = pack(q, 2, -2)
+    assert torch.equal(unpack(packed, 2, -2, n), q.to(torch.int32)) and packed.numel() == -(-n * 2 // 8)

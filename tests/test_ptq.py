@@ -7,11 +7,13 @@ from torch import nn
 
 from qexp.errors import QexpError
 from qexp.models.resnet import ResNet
+from qexp.quant.core.affine import along
 from qexp.quant.core.capture import keep_output, record
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.core.modules import Mode, QuantLayer, QuantOutput, layer_bits, quantizers, shared_grids
 from qexp.quant.custom.ptq import PTQConfig, calibrate, choose_layer_bits, insert_quantizers, quantize_model
 from qexp.quant.custom.reconstruct import ReconstructionConfig
+from qexp.quant.export.packed import exported_weight, integer_export
 from tests.test_fold import randomise_batchnorm
 
 
@@ -180,3 +182,20 @@ def test_a_frozen_model_loads_into_a_freshly_built_one(config):
     assert all(q.mode is Mode.QUANTIZE and q.observer.calibrated for q in quantizers(fresh).values())
     assert all(grid.quantizer is fresh.get_submodule(grid.producer).output_quantizer for grid in shared_grids(fresh))
     assert sum(key.endswith(".scale") for key in quantized.state_dict()) == len(quantizers(quantized))  # each once
+
+
+def test_a_full_range_weight_grid_has_four_levels_at_two_bits_and_lowers_the_weight_error(model_and_data):
+    model, calibration, _ = model_and_data
+    models = {grid: quantize_model(model, PTQConfig(2, 8, "mse", weight_grid=grid), calibration)[0]
+              for grid in ("narrow", "full")}  # fmt: skip
+    layers = {grid: [m for m in quantized.modules() if isinstance(m, QuantLayer)] for grid, quantized in models.items()}
+    for narrow, full in zip(layers["narrow"], layers["full"], strict=True):
+        weight = full.layer.weight
+        assert (full.weight_quantizer.qmin, full.weight_quantizer.qmax) == (-2, 1)
+        # a superset of the ternary levels at every candidate scale: never a larger squared error
+        assert (full.quantized_weight() - weight).pow(2).sum() <= (narrow.quantized_weight() - weight).pow(2).sum()
+    layer = layers["full"][5]
+    codes = torch.round(layer.quantized_weight() / along(layer.weight_quantizer.scale, layer.layer.weight, 0))
+    assert set(codes.unique().tolist()) == {-2.0, -1.0, 0.0, 1.0}
+    exported = exported_weight(integer_export(models["full"]), 5)  # packed in two bits, back as the same codes
+    assert torch.equal(exported.flatten().to(torch.int32), codes.flatten().to(torch.int32))

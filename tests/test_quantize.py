@@ -70,6 +70,7 @@ def test_calibration_never_touches_the_test_split(compose_in, weights_file: Path
         (["quant.w_bits=1"], "quant.w_bits=1 is not supported"),
         (["checkpoint=/nonexistent/weights.pt"], "does not exist"),
         (["data.calib_size=0"], "data.calib_size=0"),
+        (["quant.weight_grid=wide"], "quant.weight_grid='wide' is not known; expected one of ('narrow', 'full')"),
     ],
 )
 def test_bad_input_fails_the_cell_with_its_reason(compose_in, weights_file: Path, overrides, message):
@@ -206,3 +207,12 @@ def test_a_validation_split_other_than_the_checkpoints_is_refused(compose_in, tm
     result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={path}", "data.seed=1"]))
     assert result["status"] == "failed" and result["user_error"]
     assert "Run with data.val_size=64 data.seed=0" in result["reason"]
+
+
+def test_a_full_range_weight_grid_is_a_cell_of_its_own(compose_in, weights_file: Path):
+    base = ["data=synthetic", f"checkpoint={weights_file}", "bits=2", "quant.a_bits=8"]
+    narrow = run(compose_in("quantize", base))
+    full = run(compose_in("quantize", [*base, "quant.weight_grid=full"]))
+    assert narrow["weight_grid"] is None and full["weight_grid"] == "full"  # None: the grid every older cell used
+    assert narrow["cell_key"] != full["cell_key"] and narrow["size_bytes"] == full["size_bytes"]  # same two bits
+    assert {tuple(bits) for bits in full["layer_bits"].values()} == {(2, 8)}

@@ -5,7 +5,7 @@ import pandas as pd
 
 from qexp.report import main, report
 from qexp.report.cells import collect, variant
-from qexp.report.tables import size_table
+from qexp.report.tables import results_markdown, size_table
 
 
 def fake_cell(root: Path, name: str, finished: str, **fields) -> None:
@@ -177,6 +177,18 @@ def test_shared_activation_grids_are_a_cell_of_their_own(tmp_path: Path):
     frame = collect([sweep])
     assert len(frame) == 2  # not one duplicate of the other
     assert sorted(variant(row) for _, row in frame.iterrows()) == ["ours · minmax", "ours · minmax · shared grids"]
+
+
+def test_a_full_range_weight_grid_is_a_cell_of_its_own_and_a_validation_table_appears(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", w_bits=2, a_bits=4, top1=60.0, val_top1=61.0, fp32_val_top1=88.0)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", w_bits=2, a_bits=4, top1=62.0, weight_grid="full")
+    frame = collect([sweep])
+    assert sorted(variant(row) for _, row in frame.iterrows()) == [
+        "ours · minmax · A4", "ours · minmax · A4 · full-range weights"
+    ]  # fmt: skip
+    text = results_markdown(frame, pd.DataFrame())
+    assert "## Validation top-1 (%) and change vs FP32" in text and "| 61.00 (-27.00) |" in text
 
 
 def test_cells_with_the_same_labels_but_other_settings_are_kept_apart(tmp_path: Path):

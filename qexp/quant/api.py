@@ -169,6 +169,7 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
         average_bits=quant.average_bits,
         mixed_widths=tuple(quant.mixed_widths),
         shared_activations=quant.shared_activations,
+        weight_grid=quant.weight_grid,
     )
 
 

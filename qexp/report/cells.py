@@ -17,7 +17,7 @@ import pandas as pd
 
 CELL = [
     "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",
-    "shared_activations", "data", "checkpoint",
+    "shared_activations", "weight_grid", "data", "checkpoint",
 ]  # fmt: skip
 BITS = [16, 8, 4, 2]
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
@@ -112,6 +112,8 @@ def variant(row: pd.Series) -> str:
         label += f" · mixed {row['average_bits']:g} bits/weight"
     if row.get("shared_activations"):
         label += " · shared grids"
+    if isinstance(row.get("weight_grid"), str):
+        label += f" · {row['weight_grid']}-range weights"
     return label
 
 

@@ -5,7 +5,10 @@ and back to ``x_hat = (q - z) * s``. Two grids are used:
 
 * **symmetric** (signed, for weights): ``z = 0`` and the *narrow* range
   ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, so the grid is symmetric around zero and at 2 bits it is
-  the ternary ``{-s, 0, s}``. ``s = max(|min|, |max|) / (2^(b-1) - 1)``.
+  the ternary ``{-s, 0, s}``. ``s = max(|min|, |max|) / (2^(b-1) - 1)``. The *full* signed range
+  ``[-2^(b-1), 2^(b-1) - 1]`` (``narrow=False``) keeps ``z = 0`` and uses the code the narrow one
+  wastes: at 2 bits ``{-2s, -s, 0, s}``, four levels for the same two bits, with
+  ``s = max(min / qmin, max / qmax)`` so that both ends of the range fit.
 * **asymmetric** (unsigned, for activations): ``[0, 2^b - 1]``,
   ``s = (max - min) / (2^b - 1)`` and ``z = round(-min / s)``. The range is first widened to
   contain 0, so that the real zero -- ReLU outputs, zero padding -- is exactly representable:
@@ -36,24 +39,26 @@ def check_bits(bits: int, name: str = "bits") -> int:
     return bits
 
 
-def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
-    """Integer range ``(qmin, qmax)``: narrow signed when ``symmetric``, else unsigned."""
+def quant_range(bits: int, symmetric: bool, narrow: bool = True) -> tuple[int, int]:
+    """Integer range ``(qmin, qmax)``: signed when ``symmetric`` (narrow, or full if not ``narrow``), else unsigned."""
     check_bits(bits)
     if symmetric:
-        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
 
 
-def choose_qparams(min_val: Tensor, max_val: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor]:
+def choose_qparams(
+    min_val: Tensor, max_val: Tensor, bits: int, symmetric: bool, narrow: bool = True
+) -> tuple[Tensor, Tensor]:
     """``(scale, zero_point)`` for the range ``[min_val, max_val]`` (scalars or per-channel vectors).
 
     ``zero_point`` is an integer-valued float tensor: it is rounded so that 0 lies on the grid.
     """
-    qmin, qmax = quant_range(bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric, narrow)
     min_val = torch.clamp(min_val, max=0.0)
     max_val = torch.clamp(max_val, min=0.0)
-    if symmetric:
-        scale = torch.maximum(-min_val, max_val) / qmax
+    if symmetric:  # narrow: max(|min|, max) / qmax; full: the negative end has one level more
+        scale = torch.maximum(min_val / qmin, max_val / qmax)
         zero_point = torch.zeros_like(scale)
     else:
         scale = (max_val - min_val) / (qmax - qmin)

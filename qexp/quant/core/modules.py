@@ -62,7 +62,7 @@ class FakeQuantize(nn.Module):
     def __init__(self, observer: Observer) -> None:
         super().__init__()
         self.observer = observer
-        self.qmin, self.qmax = quant_range(observer.bits, observer.symmetric)
+        self.qmin, self.qmax = quant_range(observer.bits, observer.symmetric, observer.narrow)
         self.mode = Mode.FLOAT
         self.register_buffer("scale", torch.ones_like(observer.min_val))
         self.register_buffer("zero_point", torch.zeros_like(observer.min_val))

@@ -36,6 +36,7 @@ HISTOGRAM_BINS = 2048
 MSE_CANDIDATES = 100
 # Of a weight: one range per output channel (an observer with axis=0), or one for the whole tensor.
 GRANULARITIES = ("per_channel", "per_tensor")
+WEIGHT_GRIDS = ("narrow", "full")  # signed weight grids: narrow (symmetric) or full range (affine.quant_range)
 
 
 # --- range choice: pure functions of a (values, counts) distribution, one row per channel -----
@@ -60,15 +61,15 @@ def percentile_range(values: Tensor, counts: Tensor | None, percentile: float) -
 
 
 def quantization_error(
-    values: Tensor, counts: Tensor | None, low: Tensor, high: Tensor, bits: int, symmetric: bool
+    values: Tensor, counts: Tensor | None, low: Tensor, high: Tensor, bits: int, symmetric: bool, narrow: bool = True
 ) -> Tensor:
     """Per-row ``sum counts * (v - Q(v))^2`` for the grids chosen from ``[low, high]``.
 
     ``values`` and ``counts`` are ``C x K``; ``low`` and ``high`` are ``... x C`` (several candidate
     ranges per row at once), and so is the result.
     """
-    scale, zero_point = choose_qparams(low, high, bits, symmetric)
-    qmin, qmax = quant_range(bits, symmetric)
+    scale, zero_point = choose_qparams(low, high, bits, symmetric, narrow)
+    qmin, qmax = quant_range(bits, symmetric, narrow)
     error = (fake_quantize(values, scale[..., None], zero_point[..., None], qmin, qmax) - values) ** 2
     if counts is not None:
         error = error * counts
@@ -76,7 +77,12 @@ def quantization_error(
 
 
 def mse_range(
-    values: Tensor, counts: Tensor | None, bits: int, symmetric: bool, candidates: int = MSE_CANDIDATES
+    values: Tensor,
+    counts: Tensor | None,
+    bits: int,
+    symmetric: bool,
+    candidates: int = MSE_CANDIDATES,
+    narrow: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-row range ``alpha * (min, max)`` minimising the quantization error, ``alpha`` in (0, 1].
 
@@ -90,7 +96,7 @@ def mse_range(
         low = torch.where(occupied, values, torch.inf).amin(dim=1)
         high = torch.where(occupied, values, -torch.inf).amax(dim=1)
     alphas = torch.linspace(1.0 / candidates, 1.0, candidates, device=values.device)[:, None]
-    errors = quantization_error(values, counts, alphas * low, alphas * high, bits, symmetric)
+    errors = quantization_error(values, counts, alphas * low, alphas * high, bits, symmetric, narrow)
     best = alphas[errors.argmin(dim=0), 0]
     return best * low, best * high
 
@@ -102,10 +108,19 @@ class Observer(nn.Module):
     """Min/max observer; the base of the others. ``axis`` set: one range per channel along it.
 
     A per-channel observer needs the ``shape`` of the tensor it will see, to size its state; a
-    per-tensor one (``axis=None``) takes none.
+    per-tensor one (``axis=None``) takes none. ``narrow=False`` gives a symmetric observer the
+    full signed range (one level more on the negative side, ``affine.quant_range``).
     """
 
-    def __init__(self, bits: int, symmetric: bool, axis: int | None = None, shape: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool,
+        axis: int | None = None,
+        shape: Sequence[int] | None = None,
+        *,
+        narrow: bool = True,
+    ) -> None:
         super().__init__()
         if (axis is None) != (shape is None):
             raise ValueError(
@@ -113,6 +128,7 @@ class Observer(nn.Module):
             )
         self.bits = bits
         self.symmetric = symmetric
+        self.narrow = narrow
         self.axis = axis
         channels = () if shape is None else (shape[axis],)
         self.register_buffer("min_val", torch.full(channels, torch.inf))
@@ -147,10 +163,10 @@ class Observer(nn.Module):
         if not self.calibrated:
             raise RuntimeError(f"{type(self).__name__} has observed no data; calibration did not reach it")
         low, high = self.clip_range()
-        return choose_qparams(low, high, self.bits, self.symmetric)
+        return choose_qparams(low, high, self.bits, self.symmetric, self.narrow)
 
     def extra_repr(self) -> str:
-        kind = "symmetric" if self.symmetric else "asymmetric"
+        kind = ("symmetric" if self.narrow else "signed full-range") if self.symmetric else "asymmetric"
         granularity = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
         return f"bits={self.bits}, {kind}, {granularity}"
 
@@ -168,8 +184,10 @@ class DistributionObserver(Observer):
         axis: int | None = None,
         shape: Sequence[int] | None = None,
         bins: int = HISTOGRAM_BINS,
+        *,
+        narrow: bool = True,
     ) -> None:
-        super().__init__(bits, symmetric, axis, shape)
+        super().__init__(bits, symmetric, axis, shape, narrow=narrow)
         self.bins = bins
         if shape is None:
             self.register_buffer("histogram", torch.zeros(bins))
@@ -219,8 +237,10 @@ class PercentileObserver(DistributionObserver):
         shape: Sequence[int] | None = None,
         percentile: float = 99.99,
         bins: int = HISTOGRAM_BINS,
+        *,
+        narrow: bool = True,
     ) -> None:
-        super().__init__(bits, symmetric, axis, shape, bins)
+        super().__init__(bits, symmetric, axis, shape, bins, narrow=narrow)
         if not 50 < percentile <= 100:
             raise QexpError(f"percentile={percentile!r} is out of range; expected a value in (50, 100].")
         self.percentile = percentile
@@ -238,7 +258,7 @@ class MSEObserver(DistributionObserver):
 
     def clip_range(self) -> tuple[Tensor, Tensor]:
         values, counts = self.distribution()
-        return self._per_axis(*mse_range(values, counts, self.bits, self.symmetric))
+        return self._per_axis(*mse_range(values, counts, self.bits, self.symmetric, narrow=self.narrow))
 
 
 OBSERVERS: dict[str, type[Observer]] = {

@@ -42,7 +42,7 @@ from qexp.quant.core.modules import (
     set_mode,
     swap_module,
 )
-from qexp.quant.core.observers import GRANULARITIES, OBSERVERS, PercentileObserver
+from qexp.quant.core.observers import GRANULARITIES, OBSERVERS, WEIGHT_GRIDS, PercentileObserver
 from qexp.quant.core.patterns import SharedTensor, find_patterns
 from qexp.quant.custom.bias_correction import correct_bias
 from qexp.quant.custom.equalize import equalize_blocks
@@ -74,6 +74,7 @@ class PTQConfig:
     average_bits: float | None = None  # mixed precision: weight widths chosen per layer to fit this average
     mixed_widths: tuple[int, ...] = (8, 4, 2)
     shared_activations: bool = False  # one quantizer per tensor, at its producer, instead of one per consumer
+    weight_grid: str = "narrow"  # narrow: symmetric signed (ternary at 2 bits); full: one level more (affine.py)
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "quant.w_bits")
@@ -93,22 +94,25 @@ class PTQConfig:
             raise QexpError(f"observer={self.observer!r} is not known; expected one of {sorted(OBSERVERS)}.")
         if self.granularity not in GRANULARITIES:
             raise QexpError(f"quant.granularity={self.granularity!r} is not known; expected one of {GRANULARITIES}.")
+        if self.weight_grid not in WEIGHT_GRIDS:
+            raise QexpError(f"quant.weight_grid={self.weight_grid!r} is not known; expected one of {WEIGHT_GRIDS}.")
 
     def make_quantizer(self, bits: int, weight: Tensor | None = None) -> FakeQuantize:
         """A quantizer for ``weight``, or for an activation when ``weight`` is None.
 
-        Weights: signed, per output channel unless ``granularity`` is per tensor; a per-channel
-        quantizer is sized for the weight's shape, so its state has that shape from the start.
-        Activations: unsigned, per tensor.
+        Weights: signed (on the ``weight_grid``), per output channel unless ``granularity`` is per
+        tensor; a per-channel quantizer is sized for the weight's shape, so its state has that
+        shape from the start. Activations: unsigned, per tensor.
         """
         observer_class = OBSERVERS[self.observer]
         if observer_class is PercentileObserver:
             observer_class = partial(PercentileObserver, percentile=self.percentile)
         if weight is None:
             return FakeQuantize(observer_class(bits, symmetric=False))
+        narrow = self.weight_grid == "narrow"
         if self.granularity == "per_channel":
-            return FakeQuantize(observer_class(bits, symmetric=True, axis=0, shape=weight.shape))
-        return FakeQuantize(observer_class(bits, symmetric=True))
+            return FakeQuantize(observer_class(bits, symmetric=True, axis=0, shape=weight.shape, narrow=narrow))
+        return FakeQuantize(observer_class(bits, symmetric=True, narrow=narrow))
 
 
 def insert_quantizers(
