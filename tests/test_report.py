@@ -145,9 +145,32 @@ def test_the_command_takes_sweeps_or_a_results_csv(tmp_path: Path, capsys):
     (tmp_path / "sweep").mkdir()
     assert main([str(tmp_path / "sweep"), "--from-csv", "r.csv", "--out", str(tmp_path / "r")]) == 2
     assert main(["--out", str(tmp_path / "r")]) == 2
-    assert "one of the two" in capsys.readouterr().err
+    assert "or both" in capsys.readouterr().err
     assert main(["--from-csv", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r")]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_newer_sweeps_add_their_cells_to_a_results_csv_of_the_same_checkpoint(tmp_path: Path, capsys):
+    committed = tmp_path / "committed"
+    fake_cell(committed, "0", "2026-01-01T00:00:00", quant="none", w_bits=32, a_bits=32, observer="none", top1=91.0)
+    fake_cell(committed, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=70.0)
+    report([committed], tmp_path / "report")
+    later = tmp_path / "later"
+    fake_cell(later, "0", "2026-01-02T00:00:00", w_bits=4, a_bits=4, top1=71.0)  # the same cell, run again
+    fake_cell(later, "1", "2026-01-02T00:00:01", quant="qat", w_bits=4, a_bits=4, top1=89.0)
+    csv = str(tmp_path / "report" / "results.csv")
+    assert main(["--from-csv", csv, str(later), "--out", str(tmp_path / "report")]) == 0
+    merged = pd.read_csv(tmp_path / "report" / "results.csv")
+    assert sorted(zip(merged["quant"], merged["top1"], strict=True)) == [
+        ("custom_ptq", 71.0),
+        ("none", 91.0),
+        ("qat", 89.0),
+    ]
+    other = tmp_path / "other"
+    fake_cell(other, "0", "2026-01-03T00:00:00", w_bits=8, a_bits=8, top1=80.0, fp32_top1=85.0)
+    assert main(["--from-csv", csv, str(other), "--out", str(tmp_path / "report")]) == 2
+    assert "different checkpoints or test splits" in capsys.readouterr().err
+    assert len(pd.read_csv(tmp_path / "report" / "results.csv")) == 3  # nothing written
 
 
 def test_qat_cells_are_a_method_of_their_own_in_every_table(tmp_path: Path):

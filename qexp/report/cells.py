@@ -37,7 +37,28 @@ def collect(directories: list[Path]) -> pd.DataFrame:
             rows.append(record)
     if not rows:
         raise ValueError(f"no result.json below {[str(d) for d in directories]}; expected Hydra sweep directories.")
-    frame = pd.DataFrame(rows).reindex(columns=sorted({*CELL, "finished_at", "cell_key", *pd.DataFrame(rows).columns}))
+    return newest_per_cell(pd.DataFrame(rows))
+
+
+def merge(committed: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """The cells of a ``results.csv`` and of newer sweeps together, one row per cell (the newest wins).
+
+    Every cell must measure the same checkpoint on the same test split, or one table would mix
+    models: their FP32 top-1 is the fingerprint, and cells that disagree on it are a ``ValueError``.
+    """
+    frame = pd.concat([committed, new], ignore_index=True)
+    fp32 = sorted(set(frame.loc[frame["status"] == "ok", "fp32_top1"].dropna().round(4)))
+    if len(fp32) > 1:
+        raise ValueError(
+            f"the cells to merge measured FP32 top-1 {fp32}: they come from different checkpoints or test splits; "
+            "report them apart (a new checkpoint needs its own sweeps, not the committed cells)."
+        )
+    return newest_per_cell(frame)
+
+
+def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell, the newest ``finished_at`` winning, sorted for reading."""
+    frame = frame.reindex(columns=sorted({*CELL, "finished_at", "cell_key", *frame.columns}))
     frame = _with_none_settings(frame)
     # A cell is its content hash when it has one (every setting, e.g. a 1-epoch QAT wiring check is
     # not the 15-epoch cell); cells written before the hash existed are told apart by CELL.
@@ -55,7 +76,8 @@ def read_results(path: Path) -> pd.DataFrame:
         raise ValueError(f"{str(path)!r} is not a file; expected a results.csv written by python -m qexp.report.")
     frame = pd.read_csv(path)
     # pandas wrote each cell's per-layer widths as the repr of a dict.
-    frame["layer_bits"] = [ast.literal_eval(text) if isinstance(text, str) else None for text in frame["layer_bits"]]
+    if "layer_bits" in frame.columns:
+        frame["layer_bits"] = [ast.literal_eval(t) if isinstance(t, str) else None for t in frame["layer_bits"]]
     return _with_none_settings(frame)
 
 
@@ -75,11 +97,16 @@ def collect_sensitivity(directories: list[Path]) -> pd.DataFrame:
             record = json.loads(path.read_text())
             setting = {key: record.get(key) or "" for key in SENSITIVITY_SETTING}
             rows += [{**row, **setting, "finished_at": record.get("finished_at", "")} for row in record["rows"]]
-    if not rows:
-        return pd.DataFrame()
-    frame = pd.DataFrame(rows).sort_values("finished_at", kind="stable")
+    return newest_per_probe(pd.DataFrame(rows))
+
+
+def newest_per_probe(frame: pd.DataFrame) -> pd.DataFrame:
+    """One sensitivity row per layer, width and setting (the newest wins), layers in the network's order."""
+    if frame.empty:
+        return frame
+    order = {layer: index for index, layer in enumerate(dict.fromkeys(frame["layer"]))}
+    frame = frame.sort_values("finished_at", kind="stable")
     frame = frame.drop_duplicates(subset=["layer", "bits", "quantized", *SENSITIVITY_SETTING], keep="last")
-    order = {layer: index for index, layer in enumerate(dict.fromkeys(row["layer"] for row in rows))}
     return frame.sort_values(["layer", "bits", "quantized"], key=lambda c: c.map(order) if c.name == "layer" else c)
 
 

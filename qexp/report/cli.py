@@ -10,13 +10,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from qexp.report.cells import collect, collect_sensitivity, read_results, read_sensitivity
+from qexp.report.cells import (
+    collect,
+    collect_sensitivity,
+    merge,
+    newest_per_probe,
+    read_results,
+    read_sensitivity,
+)
 from qexp.report.plots import plot, plot_sensitivity
 from qexp.report.readme import fill, readme_blocks
 from qexp.report.tables import results_markdown
 
 USAGE = """python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME [--readme README.md]
-       python -m qexp.report --from-csv REPORT_DIR/results.csv --out REPORT_DIR [--readme README.md]"""
+       python -m qexp.report --from-csv REPORT_DIR/results.csv [SWEEP_DIR ...] --out REPORT_DIR [--readme README.md]"""
 
 
 def report(directories: list[Path], out: Path, readme: Path | None = None) -> pd.DataFrame:
@@ -31,12 +38,25 @@ def report(directories: list[Path], out: Path, readme: Path | None = None) -> pd
     return frame
 
 
-def report_from_csv(results: Path, out: Path, readme: Path | None = None) -> pd.DataFrame:
-    """The report again from a ``results.csv`` (and the ``layer_sensitivity.csv`` beside it), without the sweeps."""
+def report_from_csv(
+    results: Path, out: Path, readme: Path | None = None, sweeps: list[Path] | None = None
+) -> pd.DataFrame:
+    """The report again from a ``results.csv`` (and the ``layer_sensitivity.csv`` beside it), without its sweeps.
+
+    ``sweeps`` adds the cells of newer sweep directories to the committed ones (``merge``: one row
+    per cell, the newest wins, all of one checkpoint), e.g. QAT cells run after the grid.
+    """
     frame = read_results(results)
     sensitivity = read_sensitivity(results.parent / "layer_sensitivity.csv")
+    if sweeps:
+        frame = merge(frame, collect(sweeps))
+        sensitivity = newest_per_probe(pd.concat([sensitivity, collect_sensitivity(sweeps)], ignore_index=True))
     out.mkdir(parents=True, exist_ok=True)
-    if out.resolve() != results.parent.resolve():  # the report directory holds its data, whichever way it was made
+    if sweeps:  # the report directory holds its data, whichever way it was made
+        frame.to_csv(out / "results.csv", index=False)
+        if len(sensitivity):
+            sensitivity.to_csv(out / "layer_sensitivity.csv", index=False)
+    elif out.resolve() != results.parent.resolve():
         shutil.copyfile(results, out / "results.csv")
         if len(sensitivity):
             shutil.copyfile(results.parent / "layer_sensitivity.csv", out / "layer_sensitivity.csv")
@@ -60,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Tables, plots and the README's generated blocks from quantization sweeps.", usage=USAGE
     )
     parser.add_argument("sweeps", nargs="*", type=Path, help="Hydra multirun directories")
-    parser.add_argument("--from-csv", type=Path, help="a results.csv to report again, instead of sweep directories")
+    parser.add_argument(
+        "--from-csv", type=Path, help="a results.csv to report again; sweep directories beside it add their cells"
+    )
     parser.add_argument("--out", type=Path, required=True, help="report directory, e.g. multirun_reports/NAME")
     parser.add_argument("--readme", type=Path, help="a README whose <!-- report:NAME --> blocks are rewritten")
     args = parser.parse_args(argv)
-    if bool(args.sweeps) == bool(args.from_csv):
-        print("error: give sweep directories or --from-csv RESULTS_CSV, one of the two.", file=sys.stderr)
+    if not args.sweeps and not args.from_csv:
+        print("error: give sweep directories, --from-csv RESULTS_CSV, or both.", file=sys.stderr)
         return 2
     missing = [str(d) for d in args.sweeps if not d.is_dir()]
     if missing:
@@ -76,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.from_csv:
-            frame = report_from_csv(args.from_csv, args.out, args.readme)
+            frame = report_from_csv(args.from_csv, args.out, args.readme, args.sweeps)
         else:
             frame = report(args.sweeps, args.out, args.readme)
     except ValueError as error:
