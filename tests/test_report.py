@@ -5,7 +5,7 @@ import pandas as pd
 
 from qexp.report import main, report
 from qexp.report.cells import collect, variant
-from qexp.report.tables import results_markdown, size_table
+from qexp.report.tables import recovery_table, results_markdown, size_table
 
 
 def fake_cell(root: Path, name: str, finished: str, **fields) -> None:
@@ -212,6 +212,12 @@ def test_a_full_range_weight_grid_is_a_cell_of_its_own_and_a_validation_table_ap
     ]  # fmt: skip
     text = results_markdown(frame, pd.DataFrame())
     assert "## Validation top-1 (%) and change vs FP32" in text and "| 61.00 (-27.00) |" in text
+    fake_cell(sweep, "2", "2026-01-01T00:00:02", w_bits=2, a_bits=4, top1=65.0, recovery="BRECQ")
+    fake_cell(sweep, "3", "2026-01-01T00:00:03", w_bits=2, a_bits=4, top1=66.0, recovery="BRECQ", weight_grid="full")
+    table = recovery_table(collect([sweep]))
+    assert "| round-to-nearest | 60.00 | 1 |" in table  # the narrow grid's cell, not the full one's (no FP32 cell)
+    assert "| + 4-level weights | 62.00 | 1 |" in table and "| + BRECQ | 65.00 | 1 |" in table
+    assert "| + 4-level weights + BRECQ | **66.00** | 1 |" in table
 
 
 def test_cells_with_the_same_labels_but_other_settings_are_kept_apart(tmp_path: Path):

@@ -173,11 +173,31 @@ def fp32_cell(frame: pd.DataFrame) -> pd.Series | None:
     return fp32.iloc[0] if len(fp32) else None
 
 
+def recipe(row: pd.Series) -> str | None:
+    """What a cell of our PTQ adds to round-to-nearest, as the recovery table names it; None: nothing.
+
+    The recovery recipe, and the grids that change what is quantized: the full-range weight grid
+    (four levels at 2 bits) and shared activation grids.
+    """
+    parts = ["4-level weights"] if row.get("weight_grid") == "full" else []
+    if row.get("shared_activations"):
+        parts.append("shared grids")
+    if row.get("recovery") is not None:
+        parts.append(row["recovery"])
+    return " + ".join(parts) or None
+
+
+def recipes(frame: pd.DataFrame) -> pd.Series:
+    """``recipe`` of every cell (an empty frame gives an empty series)."""
+    return pd.Series([recipe(row) for _, row in frame.iterrows()], index=frame.index, dtype=object)
+
+
 def round_to_nearest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Our PTQ with nothing added: per-channel weights, no recovery, no mixed or first/last widths."""
+    """Our PTQ with nothing added: per-channel narrow weight grids, one grid per reader, no recovery, no mixed
+    or first/last widths."""
     return frame[
         (frame["quant"] == "custom_ptq")
-        & frame["recovery"].isna()
+        & recipes(frame).isna()
         & frame["first_last_bits"].isna()
         & frame["average_bits"].isna()
         & (frame["granularity"] == "per_channel")
@@ -185,10 +205,10 @@ def round_to_nearest(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_recovery(frame: pd.DataFrame) -> pd.DataFrame:
-    """Our PTQ with a recovery recipe, at uniform widths."""
+    """Our PTQ with a recovery recipe (``recipe``), at uniform widths."""
     return frame[
         (frame["quant"] == "custom_ptq")
-        & frame["recovery"].notna()
+        & recipes(frame).notna()
         & frame["first_last_bits"].isna()
         & frame["average_bits"].isna()
     ]
@@ -223,15 +243,16 @@ def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tupl
     for observer in observers:
         prefix = f"{observer} · " if len(observers) > 1 else ""
         ours = recovered[recovered["observer"] == observer]
-        recipes = [
-            (f"{prefix}+ {recipe}", ours[ours["recovery"] == recipe]) for recipe in dict.fromkeys(ours["recovery"])
-        ]
+        named = recipes(ours)
+        rows_of_recipes = [(f"{prefix}+ {name}", ours[named == name]) for name in dict.fromkeys(named)]
         tuned = qat[qat["observer"] == observer]
         for start in dict.fromkeys(tuned["recovery"]):  # None: QAT from round-to-nearest
             label = f"{prefix}+ {start} + QAT" if start is not None else f"{prefix}+ QAT"
-            recipes.append((label, tuned[tuned["recovery"].map(lambda recovery, start=start: recovery == start)]))
+            rows_of_recipes.append(
+                (label, tuned[tuned["recovery"].map(lambda recovery, start=start: recovery == start)])
+            )
         rows.append((f"{prefix}round-to-nearest", baseline[baseline["observer"] == observer]))
-        rows += sorted(recipes, key=lambda item: first_top1(item[1]))
+        rows += sorted(rows_of_recipes, key=lambda item: first_top1(item[1]))
     return settings, [(label, cells) for label, cells in rows if first_top1(cells) != float("inf")]
 
 

@@ -23,6 +23,7 @@ from qexp.report.cells import (
     ok_cells,
     pytorch_int8,
     qat_cells,
+    recipe,
     recovery_rows,
     round_to_nearest,
     uniform,
@@ -111,7 +112,7 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
             cells.append((f"ours, round-to-nearest · {cell['observer']}", cell))
         cell = best(uniform(with_recovery(ok), bits))
         if cell is not None:
-            cells.append((f"ours, {cell['recovery']} · {cell['observer']}", cell))
+            cells.append((f"ours, {recipe(cell)} · {cell['observer']}", cell))
         cell = best(uniform(qat_cells(ok), bits))
         if cell is not None:
             start = f" from {cell['recovery']}" if cell["recovery"] is not None else ""
