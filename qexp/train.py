@@ -16,8 +16,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -25,6 +24,7 @@ from qexp.callbacks import EpochLog
 from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import QexpError, exit_on_user_error
 from qexp.evaluate import flip_averaged_top1, standard_error, top1
+from qexp.fit import fit_resumably
 from qexp.module import Classifier
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.weights import arch_name, load_weights, save_weights
@@ -120,27 +120,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     module = Classifier(instantiate(cfg.model), **instantiate(cfg.optim), **distill, compile=cfg.compile)
     clock = EpochLog()
-    interactive = sys.stdout.isatty()  # a progress bar floods nohup and CI logs
     # save_top_k=1 without a monitor keeps the newest epoch; with save_top_k=0 Lightning would
     # write last.ckpt only when training ends, and a run killed earlier could not resume.
     checkpointing = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=1)
-    callbacks = [clock, checkpointing]
-    if interactive:
-        callbacks.append(TQDMProgressBar(refresh_rate=20))
-    trainer = instantiate(
-        cfg.trainer,
-        default_root_dir=output_dir,
-        logger=CSVLogger(output_dir, name="csv"),
-        callbacks=callbacks,
-        enable_progress_bar=interactive,
-    )
-    last = output_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if cfg.resume and last.is_file() else None
-    if resume:
-        log.info("resuming from %s", resume)
-    # The checkpoint is one this code wrote into its own output directory; its hyper-parameters
-    # hold the optimizer's Hydra partial, which a weights-only load refuses.
-    trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
+    trainer = fit_resumably(module, datamodule, cfg.trainer, output_dir, [clock, checkpointing], cfg.resume)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not val_metrics and datamodule.val_size:  # a finished run re-run: fit trained and validated nothing
         val_metrics = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}

@@ -143,23 +143,23 @@ def test_a_short_qat_cell_runs_through_the_entry_point_and_lands_in_the_report(t
 
 def test_a_killed_qat_cell_resumes_from_its_last_epoch(tmp_path: Path, weights_file: Path, monkeypatch, caplog):
     overrides = [*SHORT, f"checkpoint={weights_file}", "bits=4", "quant.epochs=2"]
-    original = ValidationHistory.on_train_epoch_end
+    original = ValidationHistory.on_validation_epoch_end
 
     def killed_after_the_first_epoch(self, trainer, pl_module):
         original(self, trainer, pl_module)
         if len(self.top1) == 2:
             raise RuntimeError("killed")  # before the checkpoints of epoch 2 are written
 
-    monkeypatch.setattr(ValidationHistory, "on_train_epoch_end", killed_after_the_first_epoch)
+    monkeypatch.setattr(ValidationHistory, "on_validation_epoch_end", killed_after_the_first_epoch)
     killed = run(compose_config("quantize", overrides, tmp_path))
     assert killed["status"] == "failed" and killed["reason"] == "RuntimeError: killed"
     (last,) = tmp_path.glob("qat/*/checkpoints/last.ckpt")
     assert torch.load(last, weights_only=False)["epoch"] == 0
-    monkeypatch.setattr(ValidationHistory, "on_train_epoch_end", original)
+    monkeypatch.setattr(ValidationHistory, "on_validation_epoch_end", original)
     with caplog.at_level("INFO"):
         resumed = run(compose_config("quantize", overrides, tmp_path))
     assert resumed["status"] == "ok", resumed["reason"]
-    assert "resuming QAT from" in caplog.text
+    assert "resuming from" in caplog.text and "qat" in caplog.text
     assert "epoch 2/2" in caplog.text and "epoch 1/2" not in caplog.text  # only the second epoch ran again
     assert resumed["qat_epochs"] == 2 and len(resumed["qat_val_history"]) == 2  # the first epoch's entry came back
 

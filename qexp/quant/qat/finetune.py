@@ -11,8 +11,6 @@ afterwards, once, by the caller.
 from __future__ import annotations
 
 import copy
-import logging
-import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,19 +18,16 @@ from typing import Any, NamedTuple
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
 from qexp.callbacks import EpochLog
 from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
+from qexp.fit import fit_resumably
 from qexp.module import Classifier
 from qexp.quant.qat.lsq import freeze_step_sizes, learn_step_sizes
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -144,24 +139,7 @@ def fine_tune(
     # after every epoch (save_top_k=0 would write it only when training ends). Both save at the
     # epoch's end, after the history and the clock have counted it.
     callbacks.append(ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=1, save_on_train_epoch_end=True))
-    interactive = sys.stdout.isatty()  # a progress bar floods nohup and CI logs
-    if interactive:
-        callbacks.append(TQDMProgressBar(refresh_rate=20))
-    trainer = instantiate(
-        trainer_cfg,
-        max_epochs=config.epochs,
-        default_root_dir=directory,
-        logger=CSVLogger(directory, name="csv"),
-        callbacks=callbacks,
-        enable_progress_bar=interactive,
-    )
-    last = checkpoints / "last.ckpt"
-    ckpt_path = str(last) if resume and last.is_file() else None
-    if ckpt_path:
-        log.info("resuming QAT from %s", last)
-    # Checkpoints this code wrote into the cell's own directory; their hyper-parameters hold the
-    # optimizer's partial, which a weights-only load refuses.
-    trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=False)
+    trainer = fit_resumably(module, data, trainer_cfg, directory, callbacks, resume, max_epochs=config.epochs)
     chosen, chosen_top1 = trainer.current_epoch, None
     if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
