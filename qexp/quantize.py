@@ -29,7 +29,7 @@ from qexp.atomic import write_atomically
 from qexp.cache import cached_reference, cell_key, finished_result
 from qexp.data import Split, normalize
 from qexp.errors import EXIT_USER_ERROR, QexpError
-from qexp.evaluate import accuracy, pack_correct, predict, standard_error, top1
+from qexp.evaluate import accuracy, pack_correct, predict, top1, top1_with_error
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.quant import Unsupported, check_supported, layer_bits, quantize, recovery, serialized_bytes
 from qexp.quant.export.payload import payload_bytes
@@ -124,11 +124,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if val is not None:
             result.update(val_top1=top1(quantized.model, val, normalize, batch_size), val_images=len(val))
         if extra_test is not None:
-            extra_top1 = top1(quantized.model, extra_test, normalize, batch_size)
+            extra_top1, extra_stderr = top1_with_error(quantized.model, extra_test, normalize, batch_size)
             result.update(
-                extra_test_top1=extra_top1,
-                extra_test_stderr=standard_error(extra_top1, len(extra_test)),
-                extra_test_label=datamodule.extra_test_label,
+                extra_test_top1=extra_top1, extra_test_stderr=extra_stderr, extra_test_label=datamodule.extra_test_label
             )
         result.update(quantized.extra or {})
         result.update(

@@ -23,7 +23,7 @@ from torch import nn
 from qexp.callbacks import EpochLog
 from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import QexpError, exit_on_user_error
-from qexp.evaluate import flip_averaged_top1, standard_error, top1
+from qexp.evaluate import flip_averaged_top1, top1, top1_with_error
 from qexp.fit import fit_resumably
 from qexp.module import Classifier
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
@@ -93,12 +93,12 @@ def measure_exported(network: nn.Module, datamodule: CIFAR10DataModule) -> dict[
     }
     extra = datamodule.splits.get("extra_test")
     if extra is not None:
-        extra_top1 = top1(network, extra, normalize, batch)
+        extra_top1, extra_stderr = top1_with_error(network, extra, normalize, batch)
         measured["extra_test"] = {
             "label": datamodule.extra_test_label,
             "images": len(extra),
             "top1": extra_top1,
-            "stderr": standard_error(extra_top1, len(extra)),
+            "stderr": extra_stderr,
         }
     return measured
 
