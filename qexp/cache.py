@@ -22,6 +22,9 @@ from qexp.data import Split
 
 # Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo.
 RUN_ONLY_KEYS = ("output_dir", "threads", "redo", "cache_dir")
+# Raised when result.json gains a measurement every cell must have (2: validation top-1), so that a
+# resumed sweep redoes the cells written without it instead of keeping them.
+RESULT_SCHEMA = 2
 
 
 def file_digest(path: Path) -> str:
@@ -33,11 +36,12 @@ def file_digest(path: Path) -> str:
 
 
 def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
-    """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS``) and checkpoint bytes."""
+    """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS``), checkpoint bytes and
+    ``RESULT_SCHEMA``."""
     config = OmegaConf.to_container(cfg, resolve=True)
     for key in RUN_ONLY_KEYS:
         config.pop(key, None)
-    text = json.dumps(config, sort_keys=True, default=str) + file_digest(checkpoint)
+    text = json.dumps(config, sort_keys=True, default=str) + file_digest(checkpoint) + f"schema {RESULT_SCHEMA}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 

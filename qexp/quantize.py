@@ -61,9 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "recovery": recovery(quant),
         "average_bits": quant.get("average_bits"),
         "shared_activations": quant.get("shared_activations") or None,  # None: a grid per reader, as before
-        "weight_grid": weight_grid
-        if (weight_grid := quant.get("weight_grid")) != "narrow"
-        else None,  # None: as before
+        "weight_grid": "full" if quant.get("weight_grid") == "full" else None,  # None: narrow, as every older cell
         "status": "failed",
         "reason": "",
         "user_error": False,  # True: the reason is the user's input (a QexpError), not a fault

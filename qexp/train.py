@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = fit_resumably(module, datamodule, cfg.trainer, output_dir, [clock, checkpointing], cfg.resume)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not val_metrics and datamodule.val_size:  # a finished run re-run: fit trained and validated nothing
-        val_metrics = {k: float(v) for k, v in trainer.validate(module, datamodule, verbose=False)[0].items()}
+        val_metrics = {k: float(v) for k, v in (trainer.validate(module, datamodule, verbose=False) or [{}])[0].items()}
     test_metrics = trainer.test(module, datamodule, verbose=False)[0]
     choice = choose_weights({**val_metrics, **test_metrics})
     network = module.ema.module if choice == "ema" else module.model

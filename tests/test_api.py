@@ -33,7 +33,9 @@ def test_ptq_config_and_recovery_read_the_composed_cell(compose_in):
     assert config.mixed_widths == (8, 4, 2) and config.average_bits is None
     assert not config.shared_activations
     assert ptq_config(compose_in("quantize", ["quant.shared_activations=true"]).quant).shared_activations
-    assert recovery(quant) == "CLE + AdaRound+LSQ+QDrop 2000 steps + bias corr."
+    assert recovery(quant) == "CLE + AdaRound+LSQ+QDrop 2000 steps, 0.125 held out + bias corr."
+    all_fitted = compose_in("quantize", [*overrides, "quant.reconstruction.held_out=0"]).quant
+    assert recovery(all_fitted) == "CLE + AdaRound+LSQ+QDrop 2000 steps + bias corr."  # as cells made before the split
     assert recovery(compose_in("quantize", []).quant) is None
 
 

@@ -108,7 +108,7 @@ def test_recovery_options_run_through_the_entry_point_and_name_the_cell(compose_
     ]  # fmt: skip
     result = run(compose_in("quantize", overrides))
     assert result["status"] == "ok", result["reason"]
-    assert result["recovery"] == "CLE + BRECQ+LSQ+QDrop 3 steps + bias corr."
+    assert result["recovery"] == "CLE + BRECQ+LSQ+QDrop 3 steps, 0.125 held out + bias corr."
     bad = run(compose_in("quantize", [*overrides[:3], "quant.reconstruct=network"]))
     assert bad["status"] == "failed" and "quant.reconstruct='network'" in bad["reason"]
 

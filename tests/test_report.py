@@ -156,7 +156,7 @@ def test_newer_sweeps_add_their_cells_to_a_results_csv_of_the_same_checkpoint(tm
     fake_cell(committed, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=70.0)
     report([committed], tmp_path / "report")
     later = tmp_path / "later"
-    fake_cell(later, "0", "2026-01-02T00:00:00", w_bits=4, a_bits=4, top1=71.0)  # the same cell, run again
+    fake_cell(later, "0", "2026-01-02T00:00:00", w_bits=4, a_bits=4, top1=71.0, cell_key="c" * 64)  # run again
     fake_cell(later, "1", "2026-01-02T00:00:01", quant="qat", w_bits=4, a_bits=4, top1=89.0)
     csv = str(tmp_path / "report" / "results.csv")
     assert main(["--from-csv", csv, str(later), "--out", str(tmp_path / "report")]) == 0
@@ -216,8 +216,8 @@ def test_a_full_range_weight_grid_is_a_cell_of_its_own_and_a_validation_table_ap
     fake_cell(sweep, "3", "2026-01-01T00:00:03", w_bits=2, a_bits=4, top1=66.0, recovery="BRECQ", weight_grid="full")
     table = recovery_table(collect([sweep]))
     assert "| round-to-nearest | 60.00 | 1 |" in table  # the narrow grid's cell, not the full one's (no FP32 cell)
-    assert "| + 4-level weights | 62.00 | 1 |" in table and "| + BRECQ | 65.00 | 1 |" in table
-    assert "| + 4-level weights + BRECQ | **66.00** | 1 |" in table
+    assert "| + full-range weights | 62.00 | 1 |" in table and "| + BRECQ | 65.00 | 1 |" in table
+    assert "| + full-range weights + BRECQ | **66.00** | 1 |" in table
 
 
 def test_cells_with_the_same_labels_but_other_settings_are_kept_apart(tmp_path: Path):

@@ -21,8 +21,9 @@ LEGACY = {"config": "data:\n  source: cifar10_folder\n  val_size: 5000\n  seed: 
         ({"val_size": 0, "split_seed": 0}, "synthetic", 64, 0, "trained with data.val_size=0 held out"),
         (LEGACY, "cifar10_folder", 5000, 0, None),  # older files: their training config says the split
         (LEGACY, "cifar10_folder", 5000, 1, "Run with data.val_size=5000 data.seed=0"),
-        (LEGACY, "cifar10_folder", 0, 0, "trained with data.val_size=5000 data.seed=0 held out"),
+        (LEGACY, "cifar10_folder", 0, 0, None),  # nothing validated: nothing to protect
         (LEGACY, "synthetic", 64, 3, None),  # other images than the training ones: no split to protect
+        (LEGACY, "cifar10", 5000, 0, "cannot be rebuilt from data.source='cifar10'"),  # same images, other order
     ],
 )
 def test_the_validation_split_must_be_the_one_the_checkpoint_was_trained_without(meta, source, val_size, seed, message):

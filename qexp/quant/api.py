@@ -174,7 +174,11 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
 
 
 def recovery(quant: DictConfig) -> str | None:
-    """What a custom-PTQ cell adds to round-to-nearest, e.g. ``"CLE + BRECQ+LSQ+QDrop 2000 steps"``; None: nothing."""
+    """What a custom-PTQ cell adds to round-to-nearest, e.g. ``"CLE + BRECQ+LSQ+QDrop 2000 steps"``; None: nothing.
+
+    A reconstruction that keeps calibration images out of its fit (``held_out``) says so: it is
+    fitted on fewer images than one with ``held_out=0``, so the two are rows of their own.
+    """
     parts = []
     if quant.get("equalize"):
         parts.append("CLE")
@@ -184,7 +188,11 @@ def recovery(quant: DictConfig) -> str | None:
             name += "+LSQ"
         if quant.reconstruction.drop > 0:
             name += "+QDrop"
-        parts.append(f"{name} {quant.reconstruction.steps} steps")
+        name += f" {quant.reconstruction.steps} steps"
+        held_out = quant.reconstruction.get("held_out", 0)
+        if held_out:  # fitted on fewer images than the cells made before the split existed: another recipe
+            name += f", {held_out:g} held out"
+        parts.append(name)
     if quant.get("bias_correction"):
         parts.append("bias corr.")
     return " + ".join(parts) or None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -21,6 +22,7 @@ CELL = [
 ]  # fmt: skip
 BITS = [16, 8, 4, 2]
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
+FULL_RANGE = "full-range weights"  # quant.weight_grid=full: four levels at 2 bits, one more than narrow at any width
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch", "qat": "QAT"}
 
 
@@ -41,11 +43,14 @@ def collect(directories: list[Path]) -> pd.DataFrame:
 
 
 def merge(committed: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """The cells of a ``results.csv`` and of newer sweeps together, one row per cell (the newest wins).
+    """The cells of a ``results.csv`` and of newer sweeps together: a new cell replaces a committed one of the
+    same settings (``CELL``), whatever its content hash (older cells have none, and a result schema bump
+    changes it).
 
     Every cell must measure the same checkpoint on the same test split, or one table would mix
     models: their FP32 top-1 is the fingerprint, and cells that disagree on it are a ``ValueError``.
     """
+    committed, new = _with_none_settings(committed), _with_none_settings(new)
     frame = pd.concat([committed, new], ignore_index=True)
     fp32 = sorted(set(frame.loc[frame["status"] == "ok", "fp32_top1"].dropna().round(4)))
     if len(fp32) > 1:
@@ -53,7 +58,17 @@ def merge(committed: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
             f"the cells to merge measured FP32 top-1 {fp32}: they come from different checkpoints or test splits; "
             "report them apart (a new checkpoint needs its own sweeps, not the committed cells)."
         )
-    return newest_per_cell(frame)
+    replaced = settings_key(committed).isin(set(settings_key(new)))
+    return newest_per_cell(pd.concat([committed[~replaced], new], ignore_index=True))
+
+
+def settings_key(frame: pd.DataFrame) -> pd.Series:
+    """The ``CELL`` settings of each cell as one string; 8.0 (a CSV column with blanks) reads as 8."""
+
+    def text(value: Any) -> str:
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return frame[CELL].apply(lambda row: "|".join(text(value) for value in row), axis=1)
 
 
 def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
@@ -62,9 +77,7 @@ def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
     frame = _with_none_settings(frame)
     # A cell is its content hash when it has one (every setting, e.g. a 1-epoch QAT wiring check is
     # not the 15-epoch cell); cells written before the hash existed are told apart by CELL.
-    identity = frame["cell_key"].where(
-        frame["cell_key"].notna(), frame[CELL].apply(lambda row: "|".join(map(str, row)), axis=1)
-    )
+    identity = frame["cell_key"].where(frame["cell_key"].notna(), settings_key(frame))
     frame = frame.assign(_identity=identity).sort_values("finished_at").drop_duplicates("_identity", keep="last")
     frame = frame.drop(columns="_identity")
     return frame.sort_values(["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False])
@@ -139,8 +152,8 @@ def variant(row: pd.Series) -> str:
         label += f" · mixed {row['average_bits']:g} bits/weight"
     if row.get("shared_activations"):
         label += " · shared grids"
-    if isinstance(row.get("weight_grid"), str):
-        label += f" · {row['weight_grid']}-range weights"
+    if row.get("weight_grid") == "full":
+        label += f" · {FULL_RANGE}"
     return label
 
 
@@ -179,7 +192,7 @@ def recipe(row: pd.Series) -> str | None:
     The recovery recipe, and the grids that change what is quantized: the full-range weight grid
     (four levels at 2 bits) and shared activation grids.
     """
-    parts = ["4-level weights"] if row.get("weight_grid") == "full" else []
+    parts = [FULL_RANGE] if row.get("weight_grid") == "full" else []
     if row.get("shared_activations"):
         parts.append("shared grids")
     if row.get("recovery") is not None:
@@ -246,11 +259,10 @@ def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tupl
         named = recipes(ours)
         rows_of_recipes = [(f"{prefix}+ {name}", ours[named == name]) for name in dict.fromkeys(named)]
         tuned = qat[qat["observer"] == observer]
-        for start in dict.fromkeys(tuned["recovery"]):  # None: QAT from round-to-nearest
+        starts = recipes(tuned)
+        for start in dict.fromkeys(starts):  # None: QAT from round-to-nearest
             label = f"{prefix}+ {start} + QAT" if start is not None else f"{prefix}+ QAT"
-            rows_of_recipes.append(
-                (label, tuned[tuned["recovery"].map(lambda recovery, start=start: recovery == start)])
-            )
+            rows_of_recipes.append((label, tuned[starts.map(lambda recipe, start=start: recipe == start)]))
         rows.append((f"{prefix}round-to-nearest", baseline[baseline["observer"] == observer]))
         rows += sorted(rows_of_recipes, key=lambda item: first_top1(item[1]))
     return settings, [(label, cells) for label, cells in rows if first_top1(cells) != float("inf")]

@@ -22,6 +22,7 @@ from qexp.report.cells import (
     ok_cells,
     pytorch_int8,
     qat_cells,
+    recipes,
     recovery_rows,
     round_to_nearest,
     uniform,
@@ -149,7 +150,7 @@ def plot_accuracy_vs_bits(frame: pd.DataFrame, out: Path) -> Path:
     for observer, cells in a8.groupby("observer", sort=False):
         _line(ax, cells, COLOURS["ours · A8"], observer, f"ours · {observer} · activations 8 bit")
     ends = ok[(ok["quant"] == "custom_ptq") & ok["first_last_bits"].notna() & (ok["w_bits"] == ok["a_bits"])]
-    for observer, cells in ends[ends["recovery"].isna()].groupby("observer", sort=False):
+    for observer, cells in ends[recipes(ends).isna()].groupby("observer", sort=False):
         _line(ax, cells, COLOURS["ours · first/last 8 bit"], observer, f"ours · {observer} · first/last 8 bit")
     _bits_axis(ax, "weight bits")
     ax.set_title("Ours: what 8-bit activations, or 8-bit first and last layers, give back")

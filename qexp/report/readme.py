@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from qexp.report.cells import fp32_cell
+from qexp.report.cells import fp32_cell, recipes
 from qexp.report.tables import comparison_table, glance_table, mixed_table, recovery_table, size_table
 
 EMPTY = "No cells of this kind in the report."
@@ -23,7 +23,7 @@ def readme_blocks(frame: pd.DataFrame, glance_image: str) -> dict[str, str]:
     fp32 = fp32_cell(frame)
     caption = "Test top-1 (%) and the change against FP32"
     caption += f" ({fp32['top1']:.2f} %):" if fp32 is not None else ":"
-    uniform = frame[frame["recovery"].isna()]
+    uniform = frame[recipes(frame).isna()]  # cells with a recipe are in the recovery block
     return {
         "glance": f"{glance_table(frame)}\n\n![results at a glance]({glance_image})",
         "results": f"{caption}\n\n{comparison_table(uniform)}",

@@ -24,6 +24,7 @@ from qexp.report.cells import (
     pytorch_int8,
     qat_cells,
     recipe,
+    recipes,
     recovery_rows,
     round_to_nearest,
     uniform,
@@ -115,7 +116,7 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
             cells.append((f"ours, {recipe(cell)} · {cell['observer']}", cell))
         cell = best(uniform(qat_cells(ok), bits))
         if cell is not None:
-            start = f" from {cell['recovery']}" if cell["recovery"] is not None else ""
+            start = f" from {recipe(cell)}" if recipe(cell) is not None else ""
             cells.append((f"QAT{start} · {cell['observer']}", cell))
     return cells
 
@@ -237,7 +238,7 @@ def mixed_table(frame: pd.DataFrame) -> str:
         layer_bits = row.get("layer_bits") if isinstance(row.get("layer_bits"), dict) else {}
         widths = pd.Series([bits[0] for bits in layer_bits.values()]).value_counts()
         spread = ", ".join(f"{count}× {bits}" for bits, count in sorted(widths.items(), reverse=True))
-        label = row["observer"] + (f" · {row['recovery']}" if row.get("recovery") is not None else "")
+        label = row["observer"] + (f" · {recipe(row)}" if recipe(row) is not None else "")
         size = size_text(row) if row["status"] == "ok" else ""
         lines.append(
             f"| {label} | {row['average_bits']:g} | A{row['a_bits']} | {spread} | {top1_text(row, fp32)} | {size} "
@@ -257,7 +258,7 @@ def _uniform_below(ok: pd.DataFrame, row: pd.Series) -> str:
         & (uniform["a_bits"] == row["a_bits"])
         & (uniform["w_bits"] == widths[0])
         & (uniform["granularity"] == row["granularity"])
-        & uniform["recovery"].map(lambda recovery: recovery == row.get("recovery"))
+        & recipes(uniform).map(lambda name: name == recipe(row))
     ]
     if uniform.empty:
         return ""

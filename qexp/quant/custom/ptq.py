@@ -2,9 +2,10 @@
 
 1. ``fold_batchnorm``: weights are quantized as the integer kernel would see them.
 2. ``insert_quantizers``: every conv/linear becomes a ``QuantLayer`` (weight + input
-   quantizer), every residual ``Add`` a ``QuantAdd``. Weights: symmetric signed grid, per output
-   channel by default. Activations: asymmetric unsigned grid, per tensor; with
-   ``shared_activations`` a tensor that several of them read gets one quantizer at its producer.
+   quantizer), every residual ``Add`` a ``QuantAdd``. Weights: signed grid with zero at 0 (narrow
+   and symmetric, or full range with ``weight_grid="full"``), per output channel by default.
+   Activations: asymmetric unsigned grid, per tensor; with ``shared_activations`` a tensor that
+   several of them read gets one quantizer at its producer.
 3. ``calibrate``: activation observers record the float model's activations on calibration
    batches (training images only).
 4. ``freeze``: weight observers see their (folded) weight once; every quantizer computes its

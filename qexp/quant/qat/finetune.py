@@ -70,7 +70,7 @@ class QATRun(NamedTuple):
     model: nn.Module  # quantizers frozen again with the learned scales, on the CPU, in eval mode
     epochs: int  # epochs trained, across resumed runs
     seconds: float  # training time, across resumed runs
-    val_top1: list[float]  # validation top-1 (%) after each epoch; empty without a validation split
+    val_top1: list[float]  # validation top-1 (%) of each validation run; empty without a validation split
     chosen_epoch: int  # 1-based: the best validation top-1 (the first of equals), or the last epoch without one
     chosen_val_top1: float | None  # the chosen epoch's validation top-1 (%); None without a validation split
 
@@ -84,6 +84,8 @@ class ValidationHistory(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation ends before the training epoch does, so the epoch's checkpoint saves the entry;
         # appending here (not at every training epoch's end) keeps one entry per validation run.
+        if trainer.sanity_checking:  # a few batches before training (num_sanity_val_steps): not an epoch
+            return
         value = trainer.callback_metrics.get("val/acc")
         if value is not None:
             self.top1.append(100 * float(value))
