@@ -111,7 +111,8 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
         cell = best(uniform(round_to_nearest(ok), bits))
         if cell is not None:
             cells.append((f"ours, round-to-nearest · {cell['observer']}", cell))
-        cell = best(uniform(with_recovery(ok), bits))
+        recovered = with_recovery(ok)  # a recovery recipe, not only another grid (shared grids move < 0.1 point)
+        cell = best(uniform(recovered[recovered["recovery"].notna()], bits))
         if cell is not None:
             cells.append((f"ours, {recipe(cell)} · {cell['observer']}", cell))
         cell = best(uniform(qat_cells(ok), bits))
