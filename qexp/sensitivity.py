@@ -93,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "observer": cfg.quant.observer,
         "granularity": cfg.quant.granularity,
         "recovery": recovery(cfg.quant),
+        "weight_grid": "full" if cfg.quant.get("weight_grid") == "full" else None,  # None: narrow, as older files
         "checkpoint": portable_path(checkpoint),
         "data": cfg.data.get("label") or cfg.data.source,
         "seconds": round(time.perf_counter() - start, 2),

@@ -13,7 +13,7 @@ from qexp.quant.custom import reconstruct as reconstruction
 from qexp.quant.custom.reconstruct import ReconstructionConfig
 from qexp.report import report
 from qexp.sensitivity import layer_sensitivity, run
-from tests.conftest import run_module
+from tests.conftest import compose_config, run_module
 from tests.test_ptq import batches, tiny_resnet
 from tests.test_report import fake_cell
 
@@ -27,13 +27,18 @@ def test_every_layer_is_measured_alone_and_the_report_shows_it(compose_in, weigh
     assert all(r["drop"] == pytest.approx(r["fp32_top1"] - r["top1"]) for r in rows)
     assert rows[0]["sqnr_db"] < 40 and rows[1]["sqnr_db"] < rows[0]["sqnr_db"]  # conv1 at W2, then W2A2
     saved = json.loads((tmp_path / "sensitivity.json").read_text())
-    assert saved["rows"] == rows and saved["data"] == "synthetic"
+    assert saved["rows"] == rows and saved["data"] == "synthetic" and saved["weight_grid"] is None
     fake_cell(tmp_path / "grid", "0", "2026-01-01T00:00:00", quant="none", w_bits=32, a_bits=32, observer="none")
     report([tmp_path], tmp_path / "report")
     text = (tmp_path / "report" / "results.md").read_text()
     assert "## Per-layer sensitivity" in text and "| layer | W2 | W2A2 |" in text
     assert text.count("| layer1.0.conv1 |") == 1
     assert (tmp_path / "report" / "layer_sensitivity.png").is_file()
+    full = tmp_path / "full"  # the full-range weight grid: columns of their own, not a rerun of the narrow ones
+    run(compose_config("sensitivity", ["data=synthetic", f"checkpoint={weights_file}", "bits=[2]",
+                                       "quant.weight_grid=full"], full))  # fmt: skip
+    report([tmp_path], tmp_path / "both")
+    assert "| layer | W2 | W2 full | W2A2 | W2A2 full |" in (tmp_path / "both" / "results.md").read_text()
 
 
 def test_a_bad_width_is_one_clear_error(tmp_path: Path):

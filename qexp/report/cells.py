@@ -21,7 +21,7 @@ CELL = [
     "shared_activations", "weight_grid", "data", "checkpoint",
 ]  # fmt: skip
 BITS = [16, 8, 4, 2]
-SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data"]
+SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data", "weight_grid"]
 FULL_RANGE = "full-range weights"  # quant.weight_grid=full: four levels at 2 bits, one more than narrow at any width
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch", "qat": "QAT"}
 
@@ -128,6 +128,7 @@ def read_sensitivity(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame()
     frame = pd.read_csv(path)
+    frame = frame.reindex(columns=[*frame.columns, *(c for c in SENSITIVITY_SETTING if c not in frame.columns)])
     frame[SENSITIVITY_SETTING] = frame[SENSITIVITY_SETTING].fillna("")  # written as "" by collect_sensitivity
     return frame
 

@@ -270,8 +270,8 @@ def _uniform_below(ok: pd.DataFrame, row: pd.Series) -> str:
 def sensitivity_columns(frame: pd.DataFrame) -> list[tuple[pd.Series, str]]:
     """``(selector of frame rows, header)`` per column: widest first, weights alone before weights and input.
 
-    Runs that differ in observer, granularity, recovery, checkpoint or data get columns of their
-    own; the header names what differs.
+    Runs that differ in observer, granularity, recovery, checkpoint, data or weight grid get columns
+    of their own; the header names what differs.
     """
     keys = ["bits", "a_bits", "quantized", *SENSITIVITY_SETTING]
     columns = frame[keys].drop_duplicates().sort_values(["bits", "a_bits"], ascending=False)
@@ -282,7 +282,7 @@ def sensitivity_columns(frame: pd.DataFrame) -> list[tuple[pd.Series, str]]:
         for key in keys:
             selector &= frame[key] == getattr(column, key)
         header = f"W{column.bits}" + ("" if column.a_bits >= 16 else f"A{column.a_bits}")
-        header += "".join(f" {getattr(column, key)}" for key in varying)
+        header += "".join(f" {value}" for key in varying if (value := getattr(column, key)))  # "" says nothing
         result.append((selector, header))
     return result
 
