@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from qexp.provenance import portable_path
+
 CELL = [
     "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",
     "shared_activations", "weight_grid", "data", "checkpoint",
@@ -91,6 +93,8 @@ def read_results(path: Path) -> pd.DataFrame:
     # pandas wrote each cell's per-layer widths as the repr of a dict.
     if "layer_bits" in frame.columns:
         frame["layer_bits"] = [ast.literal_eval(t) if isinstance(t, str) else None for t in frame["layer_bits"]]
+    # Files written before paths were made relative name this checkout's absolute path: the same cell.
+    frame["checkpoint"] = [portable_path(Path(p)) if isinstance(p, str) else p for p in frame["checkpoint"]]
     return _with_none_settings(frame)
 
 
@@ -130,6 +134,7 @@ def read_sensitivity(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
     frame = frame.reindex(columns=[*frame.columns, *(c for c in SENSITIVITY_SETTING if c not in frame.columns)])
     frame[SENSITIVITY_SETTING] = frame[SENSITIVITY_SETTING].fillna("")  # written as "" by collect_sensitivity
+    frame["checkpoint"] = [portable_path(Path(p)) if p else p for p in frame["checkpoint"]]  # as read_results
     return frame
 
 
@@ -226,6 +231,13 @@ def with_recovery(frame: pd.DataFrame) -> pd.DataFrame:
         & frame["first_last_bits"].isna()
         & frame["average_bits"].isna()
     ]
+
+
+def recovered_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``with_recovery`` cells that ran a recovery recipe, not only another grid: what "best recovery" means
+    at a glance (shared grids move round-to-nearest by under 0.1 point and would crowd it)."""
+    recovered = with_recovery(frame)
+    return recovered[recovered["recovery"].notna()]
 
 
 def qat_cells(frame: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from qexp.report.cells import (
     pytorch_int8,
     qat_cells,
     recipes,
+    recovered_cells,
     recovery_rows,
     round_to_nearest,
     uniform,
@@ -96,7 +97,7 @@ def plot_glance(frame: pd.DataFrame, out: Path) -> Path:
     _reference_lines(ax, frame)
     for label, colour, cells, marker, offset in (
         ("ours, round-to-nearest (best observer)", COLOURS["ours"], round_to_nearest(ok), "o", (6, -12)),
-        ("ours, best recovery recipe", COLOURS["ours + recovery"], with_recovery(ok), "s", (-36, -3)),
+        ("ours, best recovery recipe", COLOURS["ours + recovery"], recovered_cells(ok), "s", (-36, -3)),
         ("QAT (best observer)", COLOURS["QAT"], qat_cells(ok), "D", (6, 4)),
     ):
         points = [(POSITION[b], cell["top1"]) for b in BITS if (cell := best(uniform(cells, b))) is not None]
@@ -184,7 +185,7 @@ def _recovery_panel(ax, frame: pd.DataFrame) -> None:
     _reference_lines(ax, frame)
     # Round-to-nearest in ours' colour; the rows of the best recovered cell and of the best QAT cell in the
     # colours glance.png gives them; every other row a colour of its own.
-    tops = {COLOURS["ours + recovery"]: best(with_recovery(ok)), COLOURS["QAT"]: best(qat)}
+    tops = {COLOURS["ours + recovery"]: best(recovered_cells(ok)), COLOURS["QAT"]: best(qat)}
     others = iter(RECIPE_COLOURS * len(recipes))
     colours = {}
     for label, cells in recipes:

@@ -25,11 +25,11 @@ from qexp.report.cells import (
     qat_cells,
     recipe,
     recipes,
+    recovered_cells,
     recovery_rows,
     round_to_nearest,
     uniform,
     variant,
-    with_recovery,
 )
 from qexp.report.noise import noise_table, versus_fp32, worth
 
@@ -111,8 +111,7 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
         cell = best(uniform(round_to_nearest(ok), bits))
         if cell is not None:
             cells.append((f"ours, round-to-nearest · {cell['observer']}", cell))
-        recovered = with_recovery(ok)  # a recovery recipe, not only another grid (shared grids move < 0.1 point)
-        cell = best(uniform(recovered[recovered["recovery"].notna()], bits))
+        cell = best(uniform(recovered_cells(ok), bits))
         if cell is not None:
             cells.append((f"ours, {recipe(cell)} · {cell['observer']}", cell))
         cell = best(uniform(qat_cells(ok), bits))
