@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,15 @@ from qexp.data import Split, normalize
 from qexp.errors import EXIT_USER_ERROR, QexpError
 from qexp.evaluate import accuracy, pack_correct, predict, top1, top1_with_error
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
-from qexp.quant import Unsupported, check_supported, layer_bits, quantize, recovery, serialized_bytes
+from qexp.quant import (
+    Unsupported,
+    check_supported,
+    layer_bits,
+    quantize,
+    recovery,
+    serialized_bytes,
+    weight_grid,
+)
 from qexp.quant.export.payload import payload_bytes
 from qexp.weights import checkpoint_path, load_trained
 
@@ -61,7 +70,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "recovery": recovery(quant),
         "average_bits": quant.get("average_bits"),
         "shared_activations": quant.get("shared_activations") or None,  # None: a grid per reader, as before
-        "weight_grid": "full" if quant.get("weight_grid") == "full" else None,  # None: narrow, as every older cell
+        "weight_grid": weight_grid(quant),
         "status": "failed",
         "reason": "",
         "user_error": False,  # True: the reason is the user's input (a QexpError), not a fault
@@ -83,35 +92,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result["checkpoint_test_top1"] = meta.get("test_top1")
         batch_size = datamodule.eval_batch_size
 
-        def float_top1(split: Split, field: str) -> dict[str, Any]:
-            """The float model's top-1 on ``split`` as ``{field: ...}``, measured once per checkpoint and split."""
-            return cached_reference(
-                Path(cfg.cache_dir),
-                checkpoint,
-                split,
-                batch_size,
-                lambda: {field: top1(model, split, normalize, batch_size)},
-            )
+        def float_top1(split: Split) -> float:
+            return top1(model, split, normalize, batch_size)
+
+        def measured_once(split: Split, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+            """The float model's fields on ``split``, measured once per checkpoint and split (``cached_reference``)."""
+            return cached_reference(Path(cfg.cache_dir), checkpoint, split, batch_size, measure)
 
         result.update(
-            cached_reference(
-                Path(cfg.cache_dir),
-                checkpoint,
-                test,
-                batch_size,
-                lambda: {
-                    "fp32_top1": top1(model, test, normalize, batch_size),
-                    "fp32_size_bytes": serialized_bytes(model),
-                },
-            )
+            measured_once(test, lambda: {"fp32_top1": float_top1(test), "fp32_size_bytes": serialized_bytes(model)})
         )
         # Measured before quantizing, on the float model: the second test set and the validation split
         # (the 5 000 training images the checkpoint never saw, on which settings are chosen; never test).
         extra_test, val = datamodule.splits.get("extra_test"), datamodule.splits.get("val")
         if extra_test is not None:
-            result.update(float_top1(extra_test, "extra_test_fp32_top1"))
+            result.update(measured_once(extra_test, lambda: {"extra_test_fp32_top1": float_top1(extra_test)}))
         if val is not None:
-            result.update(float_top1(val, "fp32_val_top1"))
+            result.update(measured_once(val, lambda: {"fp32_val_top1": float_top1(val)}))
         # QAT checkpoints into a folder of its own cell (same config and checkpoint), so re-running the cell
         # continues it and another cell in the same directory never resumes from it; redo=true starts afresh.
         workdir = Path(cfg.output_dir) / "qat" / key[:16]

@@ -34,7 +34,7 @@ from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import exit_on_user_error
 from qexp.evaluate import accuracy, predict, sqnr_db
 from qexp.provenance import git_commit, hardware, portable_path, versions
-from qexp.quant import PTQConfig, check_bits, layer_names, ptq_config, quantize_model, recovery
+from qexp.quant import PTQConfig, check_bits, layer_names, ptq_config, quantize_model, recovery, weight_grid
 from qexp.quant.custom.reconstruct import units
 from qexp.weights import checkpoint_path, load_trained
 
@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "observer": cfg.quant.observer,
         "granularity": cfg.quant.granularity,
         "recovery": recovery(cfg.quant),
-        "weight_grid": "full" if cfg.quant.get("weight_grid") == "full" else None,  # None: narrow, as older files
+        "weight_grid": weight_grid(cfg.quant),
         "checkpoint": portable_path(checkpoint),
         "data": cfg.data.get("label") or cfg.data.source,
         "seconds": round(time.perf_counter() - start, 2),

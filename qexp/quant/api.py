@@ -173,6 +173,11 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
     )
 
 
+def weight_grid(quant: DictConfig) -> str | None:
+    """The weight grid a cell records: ``"full"``, or None for the narrow grid every older cell used (torch_ptq too)."""
+    return "full" if quant.get("weight_grid") == "full" else None
+
+
 def recovery(quant: DictConfig) -> str | None:
     """What a custom-PTQ cell adds to round-to-nearest, e.g. ``"CLE + BRECQ+LSQ+QDrop 2000 steps"``; None: nothing.
 

@@ -93,9 +93,13 @@ def read_results(path: Path) -> pd.DataFrame:
     # pandas wrote each cell's per-layer widths as the repr of a dict.
     if "layer_bits" in frame.columns:
         frame["layer_bits"] = [ast.literal_eval(t) if isinstance(t, str) else None for t in frame["layer_bits"]]
-    # Files written before paths were made relative name this checkout's absolute path: the same cell.
-    frame["checkpoint"] = [portable_path(Path(p)) if isinstance(p, str) else p for p in frame["checkpoint"]]
+    frame["checkpoint"] = portable_paths(frame["checkpoint"])
     return _with_none_settings(frame)
+
+
+def portable_paths(paths: pd.Series) -> list[Any]:
+    """Files written before paths were made relative name this checkout's absolute path: the same checkpoint."""
+    return [portable_path(Path(p)) if isinstance(p, str) and p else p for p in paths]
 
 
 def _with_none_settings(frame: pd.DataFrame) -> pd.DataFrame:
@@ -134,7 +138,7 @@ def read_sensitivity(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
     frame = frame.reindex(columns=[*frame.columns, *(c for c in SENSITIVITY_SETTING if c not in frame.columns)])
     frame[SENSITIVITY_SETTING] = frame[SENSITIVITY_SETTING].fillna("")  # written as "" by collect_sensitivity
-    frame["checkpoint"] = [portable_path(Path(p)) if p else p for p in frame["checkpoint"]]  # as read_results
+    frame["checkpoint"] = portable_paths(frame["checkpoint"])
     return frame
 
 
