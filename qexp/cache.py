@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from qexp.atomic import write_atomically
 from qexp.data import Split
 
-# Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo.
-RUN_ONLY_KEYS = ("output_dir", "threads", "redo", "cache_dir")
+# Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo, and
+# whether it also exports its model (an exported cell is the same cell with the ONNX fields added).
+RUN_ONLY_KEYS = ("output_dir", "threads", "redo", "cache_dir", "export")
 # Raised when result.json gains a measurement every cell must have (2: validation top-1), so that a
 # resumed sweep redoes the cells written without it instead of keeping them.
 RESULT_SCHEMA = 2
@@ -45,13 +46,14 @@ def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def finished_result(path: Path, key: str) -> dict[str, Any] | None:
-    """The ``result.json`` at ``path`` when it is ``ok`` for the cell ``key``; None: the cell must run."""
+def finished_result(path: Path, key: str, export: str | None = None) -> dict[str, Any] | None:
+    """The ``result.json`` at ``path`` when it is ``ok`` for the cell ``key`` (and exported, when ``export`` asks
+    for it); None: the cell must run."""
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError):  # missing or half-written by a killed run: run the cell
         return None
-    if result.get("status") == "ok" and result.get("cell_key") == key:
+    if result.get("status") == "ok" and result.get("cell_key") == key and (export is None or result.get("onnx_status")):
         return result
     return None
 

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from qexp.atomic import write_atomically
 from qexp.cache import cached_reference, cell_key, finished_result
 from qexp.data import Split, normalize
+from qexp.deploy import check_export, export_fields
 from qexp.errors import EXIT_USER_ERROR, QexpError
 from qexp.evaluate import accuracy, pack_correct, predict, top1, top1_with_error
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
@@ -54,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = checkpoint_path(cfg.checkpoint)
     path = Path(cfg.output_dir) / "result.json"
     key = cell_key(cfg, checkpoint)
-    done = None if cfg.redo else finished_result(path, key)
+    done = None if cfg.redo else finished_result(path, key, cfg.get("export"))
     if done is not None:
         log.info("%s is done for this config and checkpoint; not run again (redo=true runs it)", path)
         return done
@@ -71,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "average_bits": quant.get("average_bits"),
         "shared_activations": quant.get("shared_activations") or None,  # None: a grid per reader, as before
         "weight_grid": weight_grid(quant),
+        "export": cfg.get("export"),
         "status": "failed",
         "reason": "",
         "user_error": False,  # True: the reason is the user's input (a QexpError), not a fault
@@ -87,6 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result.update(bits=32, observer="none")
     try:
         check_supported(quant)
+        check_export(cfg.get("export"))
         model, meta, datamodule = load_trained(cfg, checkpoint)
         test = datamodule.splits["test"]
         result["checkpoint_test_top1"] = meta.get("test_top1")
@@ -115,7 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         quantized = quantize(model, quant, datamodule, workdir=workdir, resume=not cfg.redo, checkpoint_meta=meta)
         if not quantized.observed:
             result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
-        result.update(evaluate_on_test(quantized.model, test, batch_size))
+        logits = predict(quantized.model, test, normalize, batch_size)
+        result.update(test_fields(logits, test))
         if val is not None:
             result.update(val_top1=top1(quantized.model, val, normalize, batch_size), val_images=len(val))
         if extra_test is not None:
@@ -132,6 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             calib_images=quantized.calib_images,
         )
         result["layer_bits"] = layer_bits(quantized.model)
+        if cfg.get("export"):
+            result.update(export_fields(quant.method, quantized.model, model, test, logits, Path(cfg.output_dir)))
     except Unsupported as error:
         result.update(status="unsupported", reason=str(error))
     except QexpError as error:  # the user's input: the message says all, a traceback would be noise
@@ -153,9 +159,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def evaluate_on_test(model: torch.nn.Module, test: Split, batch_size: int) -> dict[str, Any]:
-    """``top1`` on ``test`` and which images were right (``test_correct``): two cells can be compared image by image."""
-    logits = predict(model, test, normalize, batch_size)
+def test_fields(logits: torch.Tensor, test: Split) -> dict[str, Any]:
+    """Top-1 on ``test`` and which images were right (``test_correct``): two cells can be compared image by image."""
     return {
         "top1": accuracy(logits, test.labels),
         "test_images": len(test),
@@ -172,10 +177,19 @@ def describe(result: dict[str, Any]) -> str:
     cell = f"{result['quant']} W{result['w_bits']}A{result['a_bits']} {result['observer']}"
     if result["status"] != "ok":
         return f"{cell}: {result['status']} -- {result['reason']}"
-    return (
+    line = (
         f"{cell}: top-1 {result['top1']:.2f} % (fp32 {result['fp32_top1']:.2f} %), "
         f"{result['size_bytes']:,} bytes (fp32 {result['fp32_size_bytes']:,}), {result['seconds']:.1f} s"
     )
+    if result.get("onnx_status") == "ok":
+        line += (
+            f"; ONNX Runtime top-1 {result['onnx_top1']:.2f} % ({result['onnx_agreement']:.2f} % same class), "
+            f"{result['onnx_integer_kernels']} integer kernels, "
+            f"{result['onnx_ms_batch1']:.2f} ms at batch 1 (fp32 {result['onnx_fp32_ms_batch1']:.2f} ms)"
+        )
+    elif result.get("onnx_status"):
+        line += f"; ONNX: {result['onnx_status']} -- {result['onnx_reason']}"
+    return line
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="quantize")

@@ -1,0 +1,79 @@
+"""``export=onnx``: a cell's model written as an ONNX QDQ graph and run on ONNX Runtime beside our simulation.
+
+Our PTQ's accuracy is measured with fake quantization; this is the check that an integer runtime
+computes the same thing from the same scales and zero points. The cell writes ``model.onnx``
+(``qexp.quant.export.onnx``), classifies the test split with ONNX Runtime, and records its top-1,
+how many test images it classifies as our fake-quantized model does, how far the logits moved,
+which kernels ONNX Runtime runs, and the latency of the graph and of the same float model
+exported to ONNX (BatchNorm folded), one thread, batch 1 and 256.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from qexp.atomic import write_atomically
+from qexp.data import Split
+from qexp.errors import QexpError
+from qexp.quant.core.fold import fold_batchnorm
+from qexp.quant.export import ort
+from qexp.quant.export.onnx import to_onnx
+from qexp.quant.unsupported import Unsupported
+
+EXPORTS = (None, "onnx")
+EXPORTABLE = ("none", "custom_ptq", "qat")  # methods whose model is ours (float, or FakeQuantize modules)
+FILE = "model.onnx"
+
+
+def check_export(export: str | None) -> None:
+    """``QexpError`` for an export format qexp does not write."""
+    if export not in EXPORTS:
+        raise QexpError(f"export={export!r} is not known; expected null (no export) or 'onnx'.")
+
+
+def export_fields(
+    method: str, model: nn.Module, float_model: nn.Module, test: Split, simulated: Tensor, directory: Path
+) -> dict[str, Any]:
+    """Export ``model`` (``method``'s result; ``float_model`` is the checkpoint's), run it, and say what was measured.
+
+    ``simulated`` holds our model's logits on ``test``. A model ONNX cannot carry gives
+    ``onnx_status: unsupported`` with the reason, and the cell stays ok; any other error is the cell's.
+    """
+    try:
+        if method not in EXPORTABLE:
+            raise Unsupported(
+                f"quant.method={method!r}: only our own models export (methods {EXPORTABLE}); PyTorch's quantized "
+                "modules go to ONNX through torch.onnx, with their own scales, which is not what this cell measured."
+            )
+        graph = to_onnx(fold_batchnorm(model) if method == "none" else model)
+    except Unsupported as reason:
+        return {"onnx_status": "unsupported", "onnx_reason": str(reason)}
+    path = directory / FILE
+    write_atomically(path, lambda tmp: onnx.save(graph, tmp))
+    runner = ort.session(graph, threads=torch.get_num_threads())
+    logits = torch.from_numpy(ort.logits(runner, test.images))
+    kernels = ort.kernels(graph)
+    latency = ort.latency_ms(graph)
+    fp32_latency = ort.latency_ms(to_onnx(fold_batchnorm(float_model)))
+    return {
+        "onnx_status": "ok",
+        "onnx_reason": ort.UNFUSED_NOTE if ort.needs_unfused(graph) else "",
+        "onnx_file": FILE,
+        "onnx_opset": graph.opset_import[0].version,
+        "onnx_bytes": path.stat().st_size,
+        "onnx_top1": 100.0 * float((logits.argmax(1) == test.labels).float().mean()),
+        "onnx_agreement": 100.0 * float((logits.argmax(1) == simulated.argmax(1)).float().mean()),
+        "onnx_logits_max_diff": float((logits - simulated).abs().max()),
+        "onnx_kernels": kernels,
+        "onnx_integer_kernels": ort.integer_kernel_count(kernels),
+        "onnx_ms_batch1": latency[1],
+        "onnx_ms_batch256": latency[256],
+        "onnx_fp32_ms_batch1": fp32_latency[1],
+        "onnx_fp32_ms_batch256": fp32_latency[256],
+        "onnx_threads": 1,
+    }

@@ -1,0 +1,154 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from qexp.cache import cell_key
+from qexp.data import normalize
+from qexp.quant import PTQConfig, quantize_model
+from qexp.quant.core.affine import quantize
+from qexp.quant.core.fold import fold_batchnorm
+from qexp.quant.core.modules import QuantLayer, quantizers
+from qexp.quant.export import ort
+from qexp.quant.export.onnx import to_onnx
+from qexp.quant.unsupported import Unsupported
+from qexp.quantize import run
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """uint8 images: the exported graph standardises them itself."""
+    return torch.randint(0, 256, (96, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+
+
+def quantized(model_and_data, images, **config) -> nn.Module:
+    model, _, _ = model_and_data
+    config = {"w_bits": 8, "a_bits": 8, "observer": "minmax", **config}
+    return quantize_model(model, PTQConfig(**config), [normalize(images[:64])])[0]
+
+
+def simulated_and_exported(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        simulated = model(normalize(images))
+    exported = torch.from_numpy(ort.logits(ort.session(to_onnx(model), threads=1), images))
+    return simulated, exported
+
+
+def output_step(logits: torch.Tensor) -> float:
+    """The step of an 8-bit grid spanning the logits: what an int8 output would resolve."""
+    return float(logits.max() - logits.min()) / 255
+
+
+def test_the_float_model_exports_as_the_same_function(model_and_data, images):
+    model, _, _ = model_and_data
+    folded = fold_batchnorm(model).eval()
+    simulated, exported = simulated_and_exported(folded, images)
+    torch.testing.assert_close(exported, simulated, atol=1e-4, rtol=1e-4)
+    assert to_onnx(folded).opset_import[0].version == 13
+
+
+def test_w8a8_with_shared_grids_runs_on_integer_kernels_and_agrees_within_a_few_steps(model_and_data, images):
+    model = quantized(model_and_data, images, shared_activations=True)
+    simulated, exported = simulated_and_exported(model, images)
+    # The int32 bias at s_x * s_w and the integer kernels' requantization move some activations by one step,
+    # which the layers after them carry on: a few output steps at most, the class almost never.
+    assert (exported - simulated).abs().max() <= 4 * output_step(simulated)
+    assert (exported.argmax(1) == simulated.argmax(1)).float().mean() >= 0.95
+    kernels = ort.kernels(to_onnx(model))
+    # Every conv and the classifier; every add but the last, whose sum is pooled in float.
+    assert kernels.get("QLinearConv", 0) == 19 and kernels.get("QLinearAdd", 0) == 8
+    assert ort.integer_kernel_count(kernels) == 19 + 8 + 1
+
+
+@pytest.mark.parametrize(
+    ("config", "opset"),
+    [
+        ({"w_bits": 4, "a_bits": 4}, 21),
+        ({"w_bits": 4, "a_bits": 8, "shared_activations": True}, 21),
+        ({"w_bits": 16, "a_bits": 16}, 21),  # float bias: ONNX Runtime's int32 bias at s_x * s_w would overflow
+        ({"w_bits": 2, "a_bits": 2, "weight_grid": "full"}, 25),
+        ({"w_bits": 8, "a_bits": 8, "granularity": "per_tensor"}, 13),
+    ],
+)
+def test_other_widths_export_on_the_lowest_opset_that_has_them_and_compute_what_we_simulate(
+    model_and_data, images, config, opset
+):
+    model = quantized(model_and_data, images, **config)
+    graph = to_onnx(model)
+    assert graph.opset_import[0].version == opset
+    simulated, exported = simulated_and_exported(model, images)
+    # No integer kernel at these widths (8-bit per tensor aside): the runtime dequantizes and computes in float,
+    # as our simulation does; only a rounding tie or float summation order can differ.
+    assert (exported - simulated).abs().max() <= 4 * output_step(simulated)
+    assert (exported.argmax(1) == simulated.argmax(1)).float().mean() >= 0.95
+
+
+def test_the_file_holds_our_integers_scales_and_zero_points(model_and_data, images):
+    model = quantized(model_and_data, images, w_bits=4, a_bits=8)
+    graph = to_onnx(model)
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    layer = model.get_submodule("layer2.0.conv1")
+    assert isinstance(layer, QuantLayer)
+    wq = layer.weight_quantizer
+    (stored,) = [t for name, t in initializers.items() if name.startswith("layer2.0.conv1.weight_q_")]
+    assert stored.data_type == onnx.TensorProto.INT4
+    expected = quantize(layer.layer.weight, wq.scale, wq.zero_point, wq.qmin, wq.qmax, 0).int().numpy()
+    np.testing.assert_array_equal(numpy_helper.to_array(stored).astype(np.int32), expected)
+    (scale,) = [t for name, t in initializers.items() if name.startswith("layer2.0.conv1.weight_scale_")]
+    np.testing.assert_array_equal(numpy_helper.to_array(scale), wq.scale.numpy())
+    # One Q/DQ pair per activation quantizer of ours: a per-reader grid is kept, not merged with its twin.
+    quantize_nodes = [node for node in graph.graph.node if node.op_type == "QuantizeLinear"]
+    assert len(quantize_nodes) == len(quantizers(model, "activation")) == 38
+    assert "one per reader" in graph.graph.doc_string
+
+
+def test_widths_and_operations_onnx_cannot_carry_are_unsupported_with_the_reason(model_and_data, images):
+    with pytest.raises(Unsupported, match="quantized to 3 bits; ONNX has integer types of \\[2, 4, 8, 16\\] bits"):
+        to_onnx(quantized(model_and_data, images, w_bits=3, a_bits=8))
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2))
+    with pytest.raises(Unsupported, match=r"1 \(MaxPool2d\) has no ONNX export"):
+        to_onnx(pooled)
+
+
+def test_a_cell_with_export_onnx_writes_the_file_and_measures_it_on_onnx_runtime(compose_in, weights_file: Path):
+    cfg = compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=8", "export=onnx"])
+    result = run(cfg)
+    assert result["status"] == "ok" and result["onnx_status"] == "ok", result["reason"]
+    path = Path(cfg.output_dir) / result["onnx_file"]
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    assert result["onnx_bytes"] == path.stat().st_size
+    assert abs(result["onnx_top1"] - result["top1"]) <= 100 - result["onnx_agreement"]
+    assert result["onnx_agreement"] >= 90 and result["onnx_integer_kernels"] > 0
+    assert all(result[f"onnx{kind}_ms_batch{size}"] > 0 for kind in ("", "_fp32") for size in (1, 256))
+    assert json.loads((Path(cfg.output_dir) / "result.json").read_text())["onnx_kernels"] == result["onnx_kernels"]
+
+
+def test_a_model_that_is_not_ours_is_unsupported_and_an_unknown_format_is_the_users_error(
+    compose_in, weights_file: Path
+):
+    base = ["data=synthetic", f"checkpoint={weights_file}"]
+    torch_cell = run(compose_in("quantize", [*base, "quant=torch_ptq", "export=onnx"]))
+    assert torch_cell["status"] == "ok" and torch_cell["onnx_status"] == "unsupported"
+    assert "only our own models export" in torch_cell["onnx_reason"]
+    bad = run(compose_in("quantize", [*base, "export=tflite"]))
+    assert bad["status"] == "failed" and bad["user_error"]
+    assert bad["reason"] == "export='tflite' is not known; expected null (no export) or 'onnx'."
+
+
+def test_an_exported_cell_is_the_same_cell_and_a_finished_one_is_exported_when_asked(compose_in, weights_file: Path):
+    base = ["data=synthetic", f"checkpoint={weights_file}", "bits=8"]
+    plain = compose_in("quantize", base)
+    exported = compose_in("quantize", [*base, "export=onnx"])
+    assert cell_key(plain, weights_file) == cell_key(exported, weights_file)
+    first = run(plain)
+    assert "onnx_status" not in first
+    second = run(exported)  # the plain cell is done, but not exported: it runs again
+    assert second["onnx_status"] == "ok"
+    written = (Path(exported.output_dir) / "result.json").stat().st_mtime_ns
+    assert run(exported) == second  # now it is done: skipped, nothing rewritten
+    assert (Path(exported.output_dir) / "result.json").stat().st_mtime_ns == written
