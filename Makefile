@@ -20,7 +20,7 @@ ARGS ?=
 VAL := $(if $(wildcard $(MIRROR)),, data.val_size=0)
 CELL_ARGS := $(ARGS)$(VAL)$(if $(REDO), redo=true,)
 
-.PHONY: venv data test demo grid recovery levels qat report teacher train proxies lint
+.PHONY: venv data test demo grid recovery levels qat onnx report teacher train proxies lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -98,8 +98,23 @@ qat: venv data
 		hydra.sweep.dir=$(QAT)/w2a4 $(CELL_ARGS)
 	$(MAKE) report
 
+# Our models as ONNX QDQ graphs on ONNX Runtime (export=onnx): FP32, round-to-nearest at every width (per-reader
+# grids, as the grid's cells, and W8A8 with shared grids, the layout that runs on integer kernels end to end), and
+# the BRECQ W4A4 model (held_out=0, as the committed cell). About 15 minutes on 2 cores, then the report.
+ONNX ?= multirun/onnx
+onnx: venv data
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=none export=onnx hydra.sweep.dir=$(ONNX)/fp32 $(CELL_ARGS)
+	$(Q) bits=2,4,8,16 export=onnx hydra.sweep.dir=$(ONNX)/custom $(CELL_ARGS)
+	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq observer=minmax bits=8 export=onnx \
+		hydra.sweep.dir=$(ONNX)/custom_minmax $(CELL_ARGS)
+	$(Q) bits=4 quant.a_bits=8 export=onnx hydra.sweep.dir=$(ONNX)/custom_a8 $(CELL_ARGS)
+	$(Q) bits=8 quant.shared_activations=true export=onnx hydra.sweep.dir=$(ONNX)/shared $(CELL_ARGS)
+	$(Q) bits=4 quant.reconstruct=block quant.reconstruction.held_out=0 export=onnx \
+		hydra.sweep.dir=$(ONNX)/brecq $(CELL_ARGS)
+	$(MAKE) report
+
 report:
-	$(PY) -m qexp.report $(wildcard $(GRID) $(RECOVERY) $(QAT)) --out $(REPORT)
+	$(PY) -m qexp.report $(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX)) --out $(REPORT)
 
 # The 300-epoch candidate checkpoint (conf/experiment/final.yaml; resumes an interrupted run), and the
 # distillation teacher the proxies compared it with. Both train on the JPEG mirror (data.root);

@@ -1,4 +1,5 @@
-"""CPU inference latency and stored size of ResNet20: fp32 eager and compiled, PyTorch FX int8, pt2e int8, float16.
+"""CPU inference latency and stored size of ResNet20: PyTorch fp32 eager and compiled, FX int8, pt2e int8, float16,
+and ONNX Runtime fp32 and our int8 (W8A8 exported as QDQ, per-reader and shared grids).
 
     python benchmarks/latency.py --threads 2 [--checkpoint PATH]
 
@@ -6,7 +7,9 @@ One run, one thread count, warm-up, median of repeats, at batch 1 and batch 256.
 models (``torch.compile`` with Inductor freezing, static shapes) compile once per batch size
 on their first call; that time is reported on its own line, as is pt2e's export + calibration
 + convert time, and kept out of the latency. Calibration uses random inputs: latency does not
-depend on it (accuracy is measured by ``qexp.quantize``).
+depend on it (accuracy is measured by ``qexp.quantize``). ONNX Runtime sessions run with the same
+thread count, sequentially; they read uint8 images (the graph standardises them), the PyTorch
+models float ones, so each row times the whole classifier it is.
 """
 
 from __future__ import annotations
@@ -21,13 +24,30 @@ from torch import nn
 
 from qexp.models import resnet20
 from qexp.provenance import hardware
-from qexp.quant import serialized_bytes
+from qexp.quant import PTQConfig, quantize_model, serialized_bytes
+from qexp.quant.core.fold import fold_batchnorm
+from qexp.quant.export import ort
+from qexp.quant.export.onnx import INPUT, to_onnx
 from qexp.quant.pytorch.float16 import to_float16
 from qexp.quant.pytorch.fx import quantize_int8
 from qexp.quant.pytorch.pt2e import Graph, quantize_pt2e, used_state
 from qexp.weights import SHIPPED, load_weights
 
 COMPILED = ("fp32 compiled", "pt2e int8 lowered")
+
+
+class OnnxRuntime:
+    """An ONNX Runtime session called like a model: it classifies uint8 images of the batch size it is given."""
+
+    def __init__(self, graph, threads: int) -> None:
+        self.session = ort.session(graph, threads)
+        self.bytes = graph.ByteSize()
+
+    def __call__(self, x: torch.Tensor) -> object:
+        images = getattr(self, "images", None)
+        if images is None or len(images) != len(x):  # made once per batch size, outside the timed runs' cost
+            self.images = torch.randint(0, 256, tuple(x.shape), dtype=torch.uint8).numpy()
+        return self.session.run(None, {INPUT: self.images})
 
 
 @torch.no_grad()
@@ -66,16 +86,28 @@ def main() -> None:
     (converted, _), prepare_seconds = seconds(lambda: quantize_pt2e(model, calibration, "mse"))
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  registers the int8 fusion passes
 
+    normalized = [calibration[0]]
+    onnx_models = {
+        "ORT fp32": OnnxRuntime(to_onnx(fold_batchnorm(model)), args.threads),
+        **{
+            f"ORT int8 ours ({grids})": OnnxRuntime(
+                to_onnx(quantize_model(model, PTQConfig(8, 8, shared_activations=shared), normalized)[0]), args.threads
+            )
+            for grids, shared in (("per reader", False), ("shared", True))
+        },
+    }
     models = {
         "fp32 eager": model,
         "fp32 compiled": Graph(torch.compile(model, dynamic=False), freezing=True),
         "FX int8 (x86)": int8,
         "pt2e int8 lowered": Graph(torch.compile(converted, dynamic=False), freezing=True),
         "float16": to_float16(model),
+        **onnx_models,
     }
-    sizes = {name: serialized_bytes(m) for name, m in models.items() if name not in COMPILED}
+    sizes = {name: serialized_bytes(m) for name, m in models.items() if name not in (*COMPILED, *onnx_models)}
+    sizes.update({name: m.bytes for name, m in onnx_models.items()})
     sizes["pt2e int8 lowered"] = serialized_bytes(used_state(converted))
-    print(f"{hardware()}; torch {torch.__version__}; {args.threads} threads")
+    print(f"{hardware()}; torch {torch.__version__}; onnxruntime {ort.ort.__version__}; {args.threads} threads")
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"quantized engine {torch.backends.quantized.engine}; CPU capability {capability}")
     print(f"pt2e export + calibrate + convert: {prepare_seconds:.1f} s")
@@ -89,9 +121,9 @@ def main() -> None:
         for name, m in models.items():
             latency = median_seconds(m, x, repeats)
             base.setdefault(batch, latency)
-            print(f"batch {batch:3d} {name:18s} {latency * 1000:9.2f} ms  x{base[batch] / latency:5.2f} vs fp32 eager")
+            print(f"batch {batch:3d} {name:28s} {latency * 1000:9.2f} ms  x{base[batch] / latency:5.2f} vs fp32 eager")
     for name, size in sizes.items():
-        print(f"size {name:18s} {size:10,d} bytes")
+        print(f"size {name:28s} {size:10,d} bytes")
 
 
 if __name__ == "__main__":

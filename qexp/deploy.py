@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from qexp.atomic import write_atomically
 from qexp.data import Split
 from qexp.errors import QexpError
+from qexp.evaluate import accuracy
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.export import ort
 from qexp.quant.export.onnx import to_onnx
@@ -66,8 +67,8 @@ def export_fields(
         "onnx_file": FILE,
         "onnx_opset": graph.opset_import[0].version,
         "onnx_bytes": path.stat().st_size,
-        "onnx_top1": 100.0 * float((logits.argmax(1) == test.labels).float().mean()),
-        "onnx_agreement": 100.0 * float((logits.argmax(1) == simulated.argmax(1)).float().mean()),
+        "onnx_top1": accuracy(logits, test.labels),
+        "onnx_agreement": accuracy(logits, simulated.argmax(1)),  # the simulation's classes as labels
         "onnx_logits_max_diff": float((logits - simulated).abs().max()),
         "onnx_kernels": kernels,
         "onnx_integer_kernels": ort.integer_kernel_count(kernels),

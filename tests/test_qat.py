@@ -164,10 +164,13 @@ def test_a_killed_qat_cell_resumes_from_its_last_epoch(tmp_path: Path, weights_f
     assert resumed["qat_epochs"] == 2 and len(resumed["qat_val_history"]) == 2  # the first epoch's entry came back
 
 
-def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path: Path, weights_file: Path):
+def test_without_a_validation_split_the_last_epoch_is_kept_and_the_trained_model_exports(
+    tmp_path: Path, weights_file: Path
+):
     cell = run(compose_config("quantize", [*SHORT, f"checkpoint={weights_file}", "bits=4", "quant.epochs=1",
-                                           "data.val_size=0"], tmp_path))  # fmt: skip
+                                           "data.val_size=0", "export=onnx"], tmp_path))  # fmt: skip
     assert cell["status"] == "ok", cell["reason"]
+    assert cell["onnx_status"] == "ok" and cell["onnx_agreement"] >= 90  # learned step sizes on ONNX Runtime
     assert (cell["qat_chosen_epoch"], cell["qat_val_history"], cell["qat_val_top1"]) == (1, [], None)
     assert "val_top1" not in cell
     assert cell["reason"].endswith("epoch 1 (no validation split: last epoch)")

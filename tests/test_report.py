@@ -5,7 +5,7 @@ import pandas as pd
 
 from qexp.report import main, report
 from qexp.report.cells import collect, variant
-from qexp.report.tables import recovery_table, results_markdown, size_table
+from qexp.report.tables import onnx_table, recovery_table, results_markdown, size_table
 
 
 def fake_cell(root: Path, name: str, finished: str, **fields) -> None:
@@ -226,3 +226,22 @@ def test_cells_with_the_same_labels_but_other_settings_are_kept_apart(tmp_path: 
     fake_cell(sweep, "1", "2026-01-01T00:00:01", top1=70.0, cell_key="b" * 64)  # e.g. a 1-epoch wiring check
     fake_cell(sweep, "2", "2026-01-01T00:00:02", top1=81.0, cell_key="a" * 64)  # the same cell re-run
     assert sorted(collect([sweep])["top1"]) == [70.0, 81.0]
+
+
+def test_an_exported_cell_wins_over_its_twin_and_gets_an_onnx_runtime_row(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    onnx = {
+        "onnx_status": "ok", "onnx_top1": 89.9, "onnx_agreement": 99.5, "onnx_integer_kernels": 28, "onnx_opset": 13,
+        "onnx_ms_batch1": 0.4, "onnx_fp32_ms_batch1": 0.5, "onnx_ms_batch256": 100.0, "onnx_fp32_ms_batch256": 130.0,
+    }  # fmt: skip
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", top1=90.0, cell_key="a" * 64, **onnx)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", top1=90.0, cell_key="a" * 64)  # the same cell, newer, not exported
+    fake_cell(sweep, "2", "2026-01-01T00:00:02", quant="torch_ptq", top1=89.0, cell_key="b" * 64,
+              onnx_status="unsupported", onnx_reason="only our own models export")  # fmt: skip
+    frame = collect([sweep])
+    assert len(frame) == 2 and frame.loc[frame["quant"] == "custom_ptq", "onnx_status"].item() == "ok"
+    table = onnx_table(frame)
+    assert "| ours · minmax · W8 | W8A8 | 90.00 | 89.90 | 99.50 | 28 | 13 | 0.40 (0.50) | 100.00 (130.00) |" in table
+    assert "- PyTorch · minmax · W8: **unsupported**: only our own models export" in table
+    assert "## On ONNX Runtime" in results_markdown(frame, pd.DataFrame())
+    assert onnx_table(collect([sweep / "1"])) == ""  # no exported cell, no table

@@ -13,7 +13,7 @@ import re
 import pandas as pd
 
 from qexp.report.cells import fp32_cell, recipes
-from qexp.report.tables import comparison_table, glance_table, mixed_table, recovery_table, size_table
+from qexp.report.tables import comparison_table, glance_table, mixed_table, onnx_table, recovery_table, size_table
 
 EMPTY = "No cells of this kind in the report."
 
@@ -30,6 +30,7 @@ def readme_blocks(frame: pd.DataFrame, glance_image: str) -> dict[str, str]:
         "sizes": size_table(frame) or EMPTY,
         "recovery": recovery_table(frame) or EMPTY,
         "mixed": mixed_table(frame) or EMPTY,
+        "onnx": onnx_table(frame) or EMPTY,
     }
 
 

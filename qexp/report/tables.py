@@ -16,6 +16,8 @@ from qexp.report.cells import (
     SENSITIVITY_SETTING,
     at_setting,
     best,
+    cell_name,
+    exported_cells,
     float16_cells,
     fp32_cell,
     has,
@@ -195,6 +197,37 @@ def size_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def onnx_table(frame: pd.DataFrame) -> str:
+    """Markdown: each exported cell on ONNX Runtime beside our simulation, with the kernels it ran and its latency.
+
+    Empty when no cell was exported; a cell that could not be is listed under the table with its reason.
+    """
+    cells = exported_cells(frame)
+    if cells.empty:
+        return ""
+    lines = [
+        "| | bits | ours, simulated (%) | ONNX Runtime (%) | same class (%) | integer kernels | opset | "
+        "ms, batch 1 (ORT fp32) | ms, batch 256 (ORT fp32) |",
+        "|" + "---|" * 9,
+    ]
+    for _, row in cells[cells["onnx_status"] == "ok"].iterrows():
+        latency = [f"{row[f'onnx_ms_batch{size}']:.2f} ({row[f'onnx_fp32_ms_batch{size}']:.2f})" for size in (1, 256)]
+        values = [
+            cell_name(row),
+            bits_text(row),
+            f"{row['top1']:.2f}",
+            f"{row['onnx_top1']:.2f}",
+            f"{row['onnx_agreement']:.2f}",
+            f"{int(row['onnx_integer_kernels'])}",
+            f"{int(row['onnx_opset'])}",
+            *latency,
+        ]
+        lines.append("| " + " | ".join(values) + " |")
+    for _, row in cells[cells["onnx_status"] != "ok"].iterrows():
+        lines.append(f"\n- {cell_name(row)}: **{row['onnx_status']}**: {row['onnx_reason']}")
+    return "\n".join(lines)
+
+
 def recovery_table(frame: pd.DataFrame) -> str:
     """Markdown: round-to-nearest and each recovery recipe, one column per ``WbAb`` a recipe was run at.
 
@@ -338,6 +371,7 @@ def results_markdown(frame: pd.DataFrame, sensitivity: pd.DataFrame) -> str:
             "",
         ]
     for title, table in (
+        ("## On ONNX Runtime (exported cells, `export=onnx`; latency with one thread)", onnx_table(frame)),
         ("## Recovery of 4 and 2 bits (test top-1, change vs FP32)", recovery_table(frame)),
         ("## Mixed precision (weight widths chosen per layer on calibration images)", mixed_table(frame)),
     ):

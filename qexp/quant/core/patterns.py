@@ -117,11 +117,16 @@ def _keeps_values(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
         return False
     if node.target is operator.getitem:
         return True
-    if node.target is F.pad:
-        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-        return mode == "constant" and not value
-    return False
+    return is_zero_pad(node)
+
+
+def is_zero_pad(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is ``F.pad`` with the constant 0 (its mode and value given by position or keyword)."""
+    if node.op != "call_function" or node.target is not F.pad:
+        return False
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+    return mode == "constant" and not value
 
 
 def _upstream(node: torch.fx.Node) -> list[torch.fx.Node]:

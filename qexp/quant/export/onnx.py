@@ -7,9 +7,11 @@ frozen parameters and nothing is re-derived by an exporter or a runtime:
   scale and zero point; it sits where our quantizer sits (a layer's input, each operand of a
   residual add, or a shared tensor's producer);
 - every weight is stored as its integers, per output channel, followed by a ``DequantizeLinear``
-  with its scales; a layer whose weight and input are at most 8 bits stores its bias as int32 at
-  ``s_x * s_w`` (what ONNX Runtime's integer convolution takes; the rounding moves a bias by at most
-  half of one accumulator step), any other keeps it float;
+  with its scales; a layer whose weight and input are both 8 bits stores its bias as int32 at
+  ``s_x * s_w``, the form ONNX Runtime's integer convolution takes (the rounding moves a bias by at
+  most half of one accumulator step, which is enough to move a rare activation by one step); any
+  other layer adds its float bias after it, where ONNX Runtime cannot quantize it (its own int32
+  bias at ``s_x * s_w`` overflows at 16 bits);
 - BatchNorm is already folded; the input is the uint8 image, standardised inside the graph as
   ``qexp.data.normalize`` does, so the file is a complete classifier.
 
@@ -17,7 +19,9 @@ With one quantizer per reader (``quant.shared_activations=false``) a tensor read
 quantized twice, each reader on its own grid, exactly as our fake quantization computes it; the
 graph says so in its ``doc_string``. A QDQ runtime fuses a quantizer into its producer only when
 it is the tensor's one reader, so shared grids are the layout that runs on integer kernels end to
-end.
+end. There, a reader whose input passed through a slice or a zero pad since its producer's pair
+(the option-A shortcut) gets the same pair again, which changes no value and keeps the add on
+integers.
 
 ONNX's integer types are 2 (opset 25), 4 and 16 (opset 21) and 8 bits (opset 13), and a
 ``QuantizeLinear`` saturates at its type's range, so an activation grid must span its type exactly
@@ -44,6 +48,7 @@ from qexp.data import MEAN, STD
 from qexp.models.resnet import Add
 from qexp.quant.core.affine import quantize
 from qexp.quant.core.modules import FakeQuantize, Mode, QuantAdd, QuantLayer, SharedGrid, quantizers, shared_grids
+from qexp.quant.core.patterns import is_zero_pad
 from qexp.quant.unsupported import Unsupported
 
 INPUT, OUTPUT = "image", "logits"
@@ -278,9 +283,8 @@ def _emit(graph: _Graph, node: torch.fx.Node, module: nn.Module | None, value: C
         return graph.node("Flatten", args[:1], name, axis=1)
     if node.target is operator.getitem:
         return _slice(graph, args[0], node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],), name)
-    if node.target is F.pad and node.kwargs.get("mode", "constant") == "constant" and not node.kwargs.get("value"):
-        rank = node.args[0].meta["rank"]
-        return _pad(graph, args[0], tuple(node.args[1]), rank, name)
+    if is_zero_pad(node):
+        return _pad(graph, args[0], tuple(node.args[1]), node.args[0].meta["rank"], name)
     what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
     raise Unsupported(f"{name} ({what}) has no ONNX export; qexp exports ResNet's operations only.")
 
@@ -307,9 +311,13 @@ def describe(model: nn.Module) -> str:
     io = "input uint8 RGB N x 3 x 32 x 32, standardised in the graph; output logits"
     if not activations:
         return f"qexp: float model, BatchNorm folded; {io}."
-    layout = "one per tensor, at its producer" if shared_grids(model) else "one per reader of each tensor"
+    layout = (
+        "one per tensor, at its producer, repeated unchanged after a slice or pad"
+        if shared_grids(model)
+        else "one per reader of each tensor"
+    )
     return (
-        f"qexp: {len(activations)} activation quantizers ({layout}; each Q/DQ pair is one of ours, none merged), "
+        f"qexp: {len(activations)} activation quantizers ({layout}; each Q/DQ pair carries one of ours, none merged), "
         f"integer weights with their scales; {io}."
     )
 
