@@ -15,51 +15,25 @@ models float ones, so each row times the whole classifier it is.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
 
 from qexp.models import resnet20
 from qexp.provenance import hardware
 from qexp.quant import PTQConfig, quantize_model, serialized_bytes
 from qexp.quant.core.fold import fold_batchnorm
-from qexp.quant.export import ort
-from qexp.quant.export.onnx import INPUT, to_onnx
+from qexp.quant.export import onnx_runtime
+from qexp.quant.export.qdq import INPUT, to_onnx
 from qexp.quant.pytorch.float16 import to_float16
 from qexp.quant.pytorch.fx import quantize_int8
 from qexp.quant.pytorch.pt2e import Graph, quantize_pt2e, used_state
+from qexp.timing import median_seconds, repeats_for
 from qexp.weights import SHIPPED, load_weights
 
 COMPILED = ("fp32 compiled", "pt2e int8 lowered")
-
-
-class OnnxRuntime:
-    """An ONNX Runtime session called like a model: it classifies uint8 images of the batch size it is given."""
-
-    def __init__(self, graph, threads: int) -> None:
-        self.session = ort.session(graph, threads)
-        self.bytes = graph.ByteSize()
-
-    def __call__(self, x: torch.Tensor) -> object:
-        images = getattr(self, "images", None)
-        if images is None or len(images) != len(x):  # made once per batch size, outside the timed runs' cost
-            self.images = torch.randint(0, 256, tuple(x.shape), dtype=torch.uint8).numpy()
-        return self.session.run(None, {INPUT: self.images})
-
-
-@torch.no_grad()
-def median_seconds(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def seconds(function) -> tuple[object, float]:
@@ -86,40 +60,43 @@ def main() -> None:
     (converted, _), prepare_seconds = seconds(lambda: quantize_pt2e(model, calibration, "mse"))
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  registers the int8 fusion passes
 
-    normalized = [calibration[0]]
-    onnx_models = {
-        "ORT fp32": OnnxRuntime(to_onnx(fold_batchnorm(model)), args.threads),
+    one_batch = [calibration[0]]
+    graphs = {
+        "ORT fp32": to_onnx(fold_batchnorm(model)),
         **{
-            f"ORT int8 ours ({grids})": OnnxRuntime(
-                to_onnx(quantize_model(model, PTQConfig(8, 8, shared_activations=shared), normalized)[0]), args.threads
+            f"ORT int8 ours ({grids})": to_onnx(
+                quantize_model(model, PTQConfig(8, 8, shared_activations=shared), one_batch)[0]
             )
             for grids, shared in (("per reader", False), ("shared", True))
         },
     }
+    sessions = {name: onnx_runtime.session(graph, args.threads) for name, graph in graphs.items()}
     models = {
         "fp32 eager": model,
         "fp32 compiled": Graph(torch.compile(model, dynamic=False), freezing=True),
         "FX int8 (x86)": int8,
         "pt2e int8 lowered": Graph(torch.compile(converted, dynamic=False), freezing=True),
         "float16": to_float16(model),
-        **onnx_models,
     }
-    sizes = {name: serialized_bytes(m) for name, m in models.items() if name not in (*COMPILED, *onnx_models)}
-    sizes.update({name: m.bytes for name, m in onnx_models.items()})
+    sizes = {name: serialized_bytes(m) for name, m in models.items() if name not in COMPILED}
     sizes["pt2e int8 lowered"] = serialized_bytes(used_state(converted))
-    print(f"{hardware()}; torch {torch.__version__}; onnxruntime {ort.ort.__version__}; {args.threads} threads")
+    sizes.update({name: graph.ByteSize() for name, graph in graphs.items()})
+    print(f"{hardware()}; torch {torch.__version__}; onnxruntime {onnx_runtime.VERSION}; {args.threads} threads")
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"quantized engine {torch.backends.quantized.engine}; CPU capability {capability}")
     print(f"pt2e export + calibrate + convert: {prepare_seconds:.1f} s")
     base = {}
     for batch in (1, 256):
         x = torch.randn(batch, 3, 32, 32)
-        repeats = args.repeats if batch == 1 else max(3, args.repeats // 4)
+        images = np.random.default_rng(0).integers(0, 256, (batch, 3, 32, 32), dtype=np.uint8)  # ORT reads uint8
         for name in COMPILED:
             _, compile_seconds = seconds(lambda name=name, x=x: models[name](x))
             print(f"compile {name} at batch {batch}: {compile_seconds:.1f} s")
-        for name, m in models.items():
-            latency = median_seconds(m, x, repeats)
+        calls = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
+        calls.update({name: (lambda r=r, i=images: r.run(None, {INPUT: i})) for name, r in sessions.items()})
+        for name, call in calls.items():
+            with torch.no_grad():
+                latency = median_seconds(call, repeats_for(batch, args.repeats))
             base.setdefault(batch, latency)
             print(f"batch {batch:3d} {name:28s} {latency * 1000:9.2f} ms  x{base[batch] / latency:5.2f} vs fp32 eager")
     for name, size in sizes.items():

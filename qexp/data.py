@@ -214,10 +214,16 @@ def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) 
     return images * (~inside)[:, None].to(images.dtype)
 
 
+def pixel_statistics(device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """CIFAR-10's per-channel mean and std in uint8 pixel units, ``1 x 3 x 1 x 1`` float32: what ``normalize`` uses."""
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    return mean, std
+
+
 def normalize(images: Tensor) -> Tensor:
     """uint8 ``N x 3 x H x W`` -> float32 standardised with CIFAR-10's mean and std, channels_last."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = pixel_statistics(images.device)
     out = (images.float() - mean) / std
     return out.contiguous(memory_format=torch.channels_last)
 

@@ -129,15 +129,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
         result.update(quantized.extra or {})
         result.update(
-            status="ok",
             reason=quantized.note,
             size_bytes=quantized.size_bytes,
             payload_bytes=payload_bytes(quantized.model),
             calib_images=quantized.calib_images,
+            layer_bits=layer_bits(quantized.model),
         )
-        result["layer_bits"] = layer_bits(quantized.model)
-        if cfg.get("export"):
+        result["seconds"] = round(time.perf_counter() - start, 2)  # the cell's own work, not an export's
+        if cfg.get("export"):  # last: an export that fails fails the cell, so a re-run does it again
             result.update(export_fields(quant.method, quantized.model, model, test, logits, Path(cfg.output_dir)))
+        result["status"] = "ok"
     except Unsupported as error:
         result.update(status="unsupported", reason=str(error))
     except QexpError as error:  # the user's input: the message says all, a traceback would be noise
@@ -145,7 +146,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except Exception as error:  # a fault of qexp or a library, a plain ValueError included: keep the trace
         result["reason"] = f"{type(error).__name__}: {error}"
         log.error("cell failed:\n%s", traceback.format_exc())
-    result["seconds"] = round(time.perf_counter() - start, 2)
+    if result["seconds"] is None:  # a cell that did not finish: the time until it stopped
+        result["seconds"] = round(time.perf_counter() - start, 2)
     result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result.update(
         cell_key=key,

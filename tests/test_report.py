@@ -228,14 +228,14 @@ def test_cells_with_the_same_labels_but_other_settings_are_kept_apart(tmp_path: 
     assert sorted(collect([sweep])["top1"]) == [70.0, 81.0]
 
 
-def test_an_exported_cell_wins_over_its_twin_and_gets_an_onnx_runtime_row(tmp_path: Path):
+def test_exported_cells_get_an_onnx_runtime_row_and_the_newer_twin_is_shown(tmp_path: Path):
     sweep = tmp_path / "sweep"
     onnx = {
         "onnx_status": "ok", "onnx_top1": 89.9, "onnx_agreement": 99.5, "onnx_integer_kernels": 28, "onnx_opset": 13,
         "onnx_ms_batch1": 0.4, "onnx_fp32_ms_batch1": 0.5, "onnx_ms_batch256": 100.0, "onnx_fp32_ms_batch256": 130.0,
     }  # fmt: skip
-    fake_cell(sweep, "0", "2026-01-01T00:00:00", top1=90.0, cell_key="a" * 64, **onnx)
-    fake_cell(sweep, "1", "2026-01-01T00:00:01", top1=90.0, cell_key="a" * 64)  # the same cell, newer, not exported
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", top1=91.0, cell_key="a" * 64)  # the same cell, older, not exported
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", top1=90.0, cell_key="a" * 64, **onnx)
     fake_cell(sweep, "2", "2026-01-01T00:00:02", quant="torch_ptq", top1=89.0, cell_key="b" * 64,
               onnx_status="unsupported", onnx_reason="only our own models export")  # fmt: skip
     frame = collect([sweep])
@@ -244,4 +244,6 @@ def test_an_exported_cell_wins_over_its_twin_and_gets_an_onnx_runtime_row(tmp_pa
     assert "| ours · minmax · W8 | W8A8 | 90.00 | 89.90 | 99.50 | 28 | 13 | 0.40 (0.50) | 100.00 (130.00) |" in table
     assert "- PyTorch · minmax · W8: **unsupported**: only our own models export" in table
     assert "## On ONNX Runtime" in results_markdown(frame, pd.DataFrame())
-    assert onnx_table(collect([sweep / "1"])) == ""  # no exported cell, no table
+    assert onnx_table(collect([sweep / "0"])) == ""  # no exported cell, no table
+    fake_cell(sweep, "3", "2026-01-01T00:00:03", top1=90.5, cell_key="a" * 64)  # re-run later without export
+    assert "ours · minmax · W8" not in onnx_table(collect([sweep]))  # newer numbers win; their export is not shown

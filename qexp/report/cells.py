@@ -79,11 +79,10 @@ def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
     frame = _with_none_settings(frame)
     # A cell is its content hash when it has one (every setting, e.g. a 1-epoch QAT wiring check is
     # not the 15-epoch cell); cells written before the hash existed are told apart by CELL.
-    # An exported cell (export=onnx) is the same cell with the ONNX Runtime fields added: it wins over its twin.
+    # An exported cell (export=onnx) has its twin's key: the newer of the two is shown, never older numbers.
     identity = frame["cell_key"].where(frame["cell_key"].notna(), settings_key(frame))
-    exported = frame["onnx_status"].notna() if "onnx_status" in frame.columns else False
-    frame = frame.assign(_identity=identity, _exported=exported).sort_values(["_exported", "finished_at"])
-    frame = frame.drop_duplicates("_identity", keep="last").drop(columns=["_identity", "_exported"])
+    frame = frame.assign(_identity=identity).sort_values("finished_at").drop_duplicates("_identity", keep="last")
+    frame = frame.drop(columns="_identity")
     return frame.sort_values(["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False])
 
 
@@ -313,7 +312,10 @@ def best(cells: pd.DataFrame) -> pd.Series | None:
 
 def exported_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """The cells that ran with ``export=onnx`` (their model on ONNX Runtime, or the reason it could not be)."""
-    return ok_cells(frame)[ok_cells(frame)["onnx_status"].notna()] if has(frame, "onnx_status") else frame.iloc[:0]
+    if not has(frame, "onnx_status"):
+        return frame.iloc[:0]
+    ok = ok_cells(frame)
+    return ok[ok["onnx_status"].notna()]
 
 
 def has(frame: pd.DataFrame, column: str) -> bool:

@@ -61,7 +61,7 @@ class Patterns:
     shared: tuple[SharedTensor, ...]  # in the order of each one's first read
 
 
-class _Tracer(torch.fx.Tracer):
+class Tracer(torch.fx.Tracer):
     """``torch.fx``'s tracer with ``Add`` as a leaf, so that each residual sum is a node named after its module."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
@@ -70,7 +70,7 @@ class _Tracer(torch.fx.Tracer):
 
 def find_patterns(model: nn.Module) -> Patterns:
     """Trace ``model`` once and name its conv->BN pairs, residual blocks, adds and shared tensors."""
-    graph = _Tracer().trace(model)
+    graph = Tracer().trace(model)
     modules = dict(model.named_modules())
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     conv_bn, blocks, adds = [], [], []

@@ -32,6 +32,7 @@ the lowest opset that carries its widths.
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,14 +42,23 @@ import onnx
 import torch
 import torch.fx
 import torch.nn.functional as F
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
-from qexp.data import MEAN, STD
+from qexp.data import pixel_statistics
 from qexp.models.resnet import Add
 from qexp.quant.core.affine import quantize
-from qexp.quant.core.modules import FakeQuantize, Mode, QuantAdd, QuantLayer, SharedGrid, quantizers, shared_grids
-from qexp.quant.core.patterns import is_zero_pad
+from qexp.quant.core.modules import (
+    FakeQuantize,
+    Mode,
+    QuantAdd,
+    QuantLayer,
+    SharedGrid,
+    quantizers,
+    shared_grids,
+)
+from qexp.quant.core.patterns import Tracer, is_zero_pad
 from qexp.quant.unsupported import Unsupported
 
 INPUT, OUTPUT = "image", "logits"
@@ -63,11 +73,11 @@ FLOAT_OPSET = 13
 INTEGER_KERNEL_BITS = 8  # ONNX Runtime's integer convolution and matmul: 8-bit weights and input, int32 bias
 
 
-class _Tracer(torch.fx.Tracer):
-    """Keeps our quantized wrappers and the residual ``Add`` whole: each becomes the nodes it stands for."""
+class _Tracer(Tracer):
+    """Also keeps our quantized wrappers whole: each becomes the ONNX nodes it stands for."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        leaves = QuantLayer | QuantAdd | FakeQuantize | Add
+        leaves = QuantLayer | QuantAdd | FakeQuantize
         return isinstance(module, leaves) or super().is_leaf_module(module, qualified_name)
 
 
@@ -77,7 +87,7 @@ class _Graph:
 
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
-    widths: set[int] = field(default_factory=set)
+    opsets: set[int] = field(default_factory=set)  # what the integer types used so far need
     on_grid: dict[str, FakeQuantize] = field(default_factory=dict)  # a DequantizeLinear's output: whose grid
     count: int = 0
 
@@ -86,10 +96,12 @@ class _Graph:
         return f"{hint}_{self.count}"
 
     def constant(self, hint: str, values: np.ndarray | Tensor, data_type: int = TensorProto.FLOAT) -> str:
-        values = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values)
+        """An initializer of ``data_type``, stored as raw bytes (2- and 4-bit values packed) like a runtime reads it."""
+        array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
         name = self.name(hint)
-        flat = values.flatten().tolist()
-        self.initializers.append(helper.make_tensor(name, data_type, values.shape, flat))
+        self.initializers.append(
+            numpy_helper.from_array(array.astype(helper.tensor_dtype_to_np_dtype(data_type)), name)
+        )
         return name
 
     def node(self, op: str, inputs: list[str], hint: str, **attributes: Any) -> str:
@@ -98,26 +110,19 @@ class _Graph:
         return output
 
 
-def integer_type(quantizer: FakeQuantize, what: str) -> tuple[int, int]:
-    """``(ONNX element type, opset)`` that holds ``quantizer``'s integers; ``Unsupported`` when none does.
-
-    An activation grid must fill its type's range, because ``QuantizeLinear`` clamps there and not
-    at our ``qmax``; a weight is stored as integers, so it only has to fit.
-    """
-    bits, signed = quantizer.bits, quantizer.qmin < 0
+def integer_type(bits: int, signed: bool, what: str) -> tuple[int, int]:
+    """``(ONNX element type, opset)`` of ``bits``-bit integers; ``Unsupported`` when ONNX has no such type."""
     if bits not in INTEGER_TYPES:
         raise Unsupported(
             f"{what} is quantized to {bits} bits; ONNX has integer types of {sorted(INTEGER_TYPES)} bits only."
         )
     signed_type, unsigned_type, opset = INTEGER_TYPES[bits]
-    full = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    is_activation = quantizer.observer.axis is None and not quantizer.observer.symmetric
-    if is_activation and (quantizer.qmin, quantizer.qmax) != full:
-        raise Unsupported(
-            f"{what}'s grid [{quantizer.qmin}, {quantizer.qmax}] does not fill the range {list(full)} of its "
-            f"{bits}-bit type, at which QuantizeLinear clamps."
-        )
     return (signed_type if signed else unsigned_type), opset
+
+
+def _grid(quantizer: FakeQuantize | SharedGrid) -> FakeQuantize:
+    """The quantizer whose grid an operand is on: its own, or the producer's that a ``SharedGrid`` refers to."""
+    return quantizer.quantizer if isinstance(quantizer, SharedGrid) else quantizer
 
 
 def _quantize_dequantize(graph: _Graph, x: str, quantizer: FakeQuantize | SharedGrid, what: str) -> str:
@@ -127,67 +132,74 @@ def _quantize_dequantize(graph: _Graph, x: str, quantizer: FakeQuantize | Shared
     (the option-A shortcut) gets the pair again: its values are on that grid already, so it changes
     nothing, and it lets the runtime keep the slice, the pad and the add on integers.
     """
-    if isinstance(quantizer, SharedGrid):
-        if graph.on_grid.get(x) is quantizer.quantizer:
-            return x
-        quantizer = quantizer.quantizer
-    if quantizer.mode is Mode.FLOAT:
+    grid = _grid(quantizer)
+    if grid.mode is Mode.FLOAT or (isinstance(quantizer, SharedGrid) and graph.on_grid.get(x) is grid):
         return x
-    if quantizer.mode is not Mode.QUANTIZE:
-        raise Unsupported(f"{what} is in mode {quantizer.mode.value!r}; only a frozen model exports.")
-    data_type, opset = integer_type(quantizer, what)
-    graph.widths.add(opset)
-    scale = graph.constant(f"{what}.scale", quantizer.scale.float())
-    zero_point = graph.constant(f"{what}.zero_point", quantizer.zero_point.round().int(), data_type)
+    bits, signed = grid.bits, grid.qmin < 0
+    data_type, opset = integer_type(bits, signed, what)
+    full = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if (grid.qmin, grid.qmax) != full:  # QuantizeLinear clamps at its type's range, not at our qmax
+        raise Unsupported(
+            f"{what}'s grid [{grid.qmin}, {grid.qmax}] does not fill the range {list(full)} of its "
+            f"{bits}-bit type, at which QuantizeLinear clamps."
+        )
+    graph.opsets.add(opset)
+    scale = graph.constant(f"{what}.scale", grid.scale.float())
+    zero_point = graph.constant(f"{what}.zero_point", grid.zero_point.round(), data_type)
     q = graph.node("QuantizeLinear", [x, scale, zero_point], f"{what}.q")
     dequantized = graph.node("DequantizeLinear", [q, scale, zero_point], f"{what}.dq")
-    graph.on_grid[dequantized] = quantizer
+    graph.on_grid[dequantized] = grid
     return dequantized
 
 
-def _input_scale(quantizer: FakeQuantize | SharedGrid) -> Tensor | None:
-    """The scale of a layer's input grid, or None when its input is float."""
-    if isinstance(quantizer, SharedGrid):
-        quantizer = quantizer.quantizer
-    return quantizer.scale if quantizer.mode is Mode.QUANTIZE else None
+def _int32_bias(bias: Tensor, input_grid: FakeQuantize, wq: FakeQuantize) -> Tensor | None:
+    """The bias as int32 at ``s_x * s_w`` for a layer that integer kernels run (8-bit weights and input); else None.
+
+    None as well when a value leaves the int32 range (a channel whose weight scale sits at its
+    floor): that layer then keeps its bias float.
+    """
+    if input_grid.mode is not Mode.QUANTIZE or (wq.bits, input_grid.bits) != (INTEGER_KERNEL_BITS,) * 2:
+        return None
+    integers = torch.round(bias.double() / (input_grid.scale.double() * wq.scale.double()))
+    limit = torch.iinfo(torch.int32)
+    return integers if bool(((integers >= limit.min) & (integers <= limit.max)).all()) else None
 
 
 def _quant_layer(graph: _Graph, x: str, module: QuantLayer, name: str) -> str:
     """A layer on its input's grid, with integer weights (and an int32 bias where integer kernels take one)."""
-    layer, wq = module.layer, module.weight_quantizer
+    layer, wq, input_grid = module.layer, module.weight_quantizer, _grid(module.input_quantizer)
     x = _quantize_dequantize(graph, x, module.input_quantizer, f"{name}.input")
-    if wq.mode is not Mode.QUANTIZE:
+    if wq.mode is Mode.FLOAT:
         return _float_layer(graph, x, layer, name)
-    data_type, opset = integer_type(wq, f"{name}.weight")
-    graph.widths.add(opset)
+    data_type, opset = integer_type(wq.bits, True, f"{name}.weight")
+    graph.opsets.add(opset)
     integers = quantize(layer.weight, wq.scale, wq.zero_point, wq.qmin, wq.qmax, wq.observer.axis)
     axis = {} if wq.observer.axis is None else {"axis": wq.observer.axis}
     weight = graph.node(
         "DequantizeLinear",
         [
-            graph.constant(f"{name}.weight_q", integers.int(), data_type),
+            graph.constant(f"{name}.weight_q", integers, data_type),
             graph.constant(f"{name}.weight_scale", wq.scale.float()),
-            graph.constant(f"{name}.weight_zero_point", wq.zero_point.round().int(), data_type),
+            graph.constant(f"{name}.weight_zero_point", wq.zero_point.round(), data_type),
         ],
         f"{name}.weight",
         **axis,
     )
-    bias, input_scale = layer.bias, _input_scale(module.input_quantizer)
-    if bias is None:
+    if layer.bias is None:
         return _layer_node(graph, layer, x, weight, None, name)
-    if input_scale is None or (wq.bits, module.input_quantizer.bits) != (INTEGER_KERNEL_BITS, INTEGER_KERNEL_BITS):
+    bias_q = _int32_bias(layer.bias, input_grid, wq)
+    if bias_q is None:
         # No integer kernel takes this layer: its bias stays float, added after it, where ONNX Runtime's
         # WeightBiasQuantization pass cannot turn it into int32 at s_x * s_w (which overflows at 16 bits).
         out = _layer_node(graph, layer, x, weight, None, f"{name}.unbiased")
         shape = [-1] + [1] * (2 if isinstance(layer, nn.Conv2d) else 0)
-        return graph.node("Add", [out, graph.constant(f"{name}.bias", bias.float().reshape(shape))], name)
-    bias_scale = (input_scale * wq.scale).float().expand(bias.shape)  # per channel, or one scale broadcast
+        return graph.node("Add", [out, graph.constant(f"{name}.bias", layer.bias.float().reshape(shape))], name)
     bias = graph.node(
         "DequantizeLinear",
         [
-            graph.constant(f"{name}.bias_q", torch.round(bias / bias_scale).int(), TensorProto.INT32),
-            graph.constant(f"{name}.bias_scale", bias_scale),
-            graph.constant(f"{name}.bias_zero_point", torch.zeros(bias.shape, dtype=torch.int32), TensorProto.INT32),
+            graph.constant(f"{name}.bias_q", bias_q, TensorProto.INT32),
+            graph.constant(f"{name}.bias_scale", (input_grid.scale * wq.scale).float().expand(layer.bias.shape)),
+            graph.constant(f"{name}.bias_zero_point", np.zeros(layer.bias.shape), TensorProto.INT32),
         ],
         f"{name}.bias",
         axis=0,
@@ -224,15 +236,14 @@ def _slice(graph: _Graph, x: str, index: tuple[Any, ...], name: str) -> str:
     if not all(isinstance(item, slice) for item in index):
         raise Unsupported(f"{name}: indexing with {index!r} is not exported; slices only.")
     axes = [axis for axis, item in enumerate(index) if item != slice(None)]
-    big = np.iinfo(np.int64).max
     parts = [
         [index[axis].start or 0 for axis in axes],
-        [big if index[axis].stop is None else index[axis].stop for axis in axes],
+        [np.iinfo(np.int64).max if index[axis].stop is None else index[axis].stop for axis in axes],
         axes,
         [index[axis].step or 1 for axis in axes],
     ]
     inputs = [
-        graph.constant(f"{name}.{part}", np.array(values, np.int64), TensorProto.INT64)
+        graph.constant(f"{name}.{part}", np.array(values), TensorProto.INT64)
         for part, values in zip(("starts", "ends", "axes", "steps"), parts, strict=True)
     ]
     return graph.node("Slice", [x, *inputs], name)
@@ -243,15 +254,13 @@ def _pad(graph: _Graph, x: str, pad: tuple[int, ...], rank: int, name: str) -> s
     begins, ends = [0] * rank, [0] * rank
     for i in range(len(pad) // 2):
         begins[rank - 1 - i], ends[rank - 1 - i] = pad[2 * i], pad[2 * i + 1]
-    return graph.node(
-        "Pad", [x, graph.constant(f"{name}.pads", np.array(begins + ends, np.int64), TensorProto.INT64)], name
-    )
+    pads = graph.constant(f"{name}.pads", np.array(begins + ends), TensorProto.INT64)
+    return graph.node("Pad", [x, pads], name)
 
 
 def _standardize(graph: _Graph) -> str:
     """The uint8 image as ``qexp.data.normalize`` standardises it: the same float32 constants, the same two ops."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    mean, std = pixel_statistics()
     image = graph.node("Cast", [INPUT], "image_float", to=TensorProto.FLOAT)
     centred = graph.node("Sub", [image, graph.constant("mean", mean)], "centred")
     return graph.node("Div", [centred, graph.constant("std", std)], "standardised")
@@ -284,25 +293,10 @@ def _emit(graph: _Graph, node: torch.fx.Node, module: nn.Module | None, value: C
     if node.target is operator.getitem:
         return _slice(graph, args[0], node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],), name)
     if is_zero_pad(node):
-        return _pad(graph, args[0], tuple(node.args[1]), node.args[0].meta["rank"], name)
+        pad = node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else None)
+        return _pad(graph, args[0], tuple(pad), len(node.args[0].meta["tensor_meta"].shape), name)
     what = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
     raise Unsupported(f"{name} ({what}) has no ONNX export; qexp exports ResNet's operations only.")
-
-
-def _ranks(graph: torch.fx.Graph, model: nn.Module, example: Tensor) -> None:
-    """Record each node's output rank in ``node.meta`` (a pad needs its input's rank) by running the graph once."""
-    interpreter = torch.fx.Interpreter(torch.fx.GraphModule(model, graph))
-    original = interpreter.run_node
-
-    def run_node(node: torch.fx.Node) -> Any:
-        result = original(node)
-        if isinstance(result, Tensor):
-            node.meta["rank"] = result.ndim
-        return result
-
-    interpreter.run_node = run_node
-    with torch.no_grad():
-        interpreter.run(example)
 
 
 def describe(model: nn.Module) -> str:
@@ -311,11 +305,10 @@ def describe(model: nn.Module) -> str:
     io = "input uint8 RGB N x 3 x 32 x 32, standardised in the graph; output logits"
     if not activations:
         return f"qexp: float model, BatchNorm folded; {io}."
-    layout = (
-        "one per tensor, at its producer, repeated unchanged after a slice or pad"
-        if shared_grids(model)
-        else "one per reader of each tensor"
-    )
+    if shared_grids(model):
+        layout = "one per tensor, at its producer, repeated unchanged after a slice or pad"
+    else:
+        layout = "one per reader of each tensor"
     return (
         f"qexp: {len(activations)} activation quantizers ({layout}; each Q/DQ pair carries one of ours, none merged), "
         f"integer weights with their scales; {io}."
@@ -326,12 +319,18 @@ def to_onnx(model: nn.Module) -> onnx.ModelProto:
     """The ONNX graph of ``model`` (a frozen ``quantize_model`` result, or a float ResNet with BatchNorm folded).
 
     Input ``image``: uint8 ``N x 3 x 32 x 32`` RGB; output ``logits``: ``N x classes``. Raises
-    ``Unsupported`` for a width or an operation ONNX (or this exporter) cannot carry.
+    ``Unsupported`` for a model that is not frozen, or a width or an operation ONNX (or this
+    exporter) cannot carry.
     """
+    observing = [name for name, q in quantizers(model).items() if q.mode is Mode.OBSERVE]
+    if observing:
+        raise Unsupported(f"quantizers {observing} are still observing; only a frozen model exports.")
     model = model.eval()
     traced = _Tracer().trace(model)
     modules = dict(model.named_modules())
-    _ranks(traced, model, torch.zeros(1, 3, 32, 32))
+    device = next(model.parameters()).device
+    with torch.no_grad():  # every node's output shape: a pad needs its input's rank
+        ShapeProp(torch.fx.GraphModule(model, traced)).propagate(torch.zeros(1, 3, 32, 32, device=device))
     graph = _Graph()
     names: dict[torch.fx.Node, str] = {}
 
@@ -356,16 +355,14 @@ def to_onnx(model: nn.Module) -> onnx.ModelProto:
         graph.initializers,
         doc_string=describe(model),
     )
-    opset = max([FLOAT_OPSET, *graph.widths])
-    exported = helper.make_model(proto, opset_imports=[helper.make_opsetid("", opset)], producer_name="qexp")
-    exported.ir_version = min(exported.ir_version, onnx.IR_VERSION)
+    opsets = [helper.make_opsetid("", max([FLOAT_OPSET, *graph.opsets]))]
+    exported = helper.make_model(
+        proto, opset_imports=opsets, producer_name="qexp", ir_version=helper.find_min_ir_version_for(opsets)
+    )
     onnx.checker.check_model(exported, full_check=True)
     return exported
 
 
 def operator_counts(model: onnx.ModelProto) -> dict[str, int]:
     """How many nodes of each operator ``model`` has."""
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
