@@ -210,7 +210,11 @@ def onnx_table(frame: pd.DataFrame) -> str:
         "ms, batch 1 (ORT fp32) | ms, batch 256 (ORT fp32) |",
         "|" + "---|" * 9,
     ]
-    for _, row in cells[cells["onnx_status"] == "ok"].iterrows():
+    exported = cells[cells["onnx_status"] == "ok"]
+    order = exported.assign(_fp32=exported["quant"] != "none").sort_values(
+        ["_fp32", "w_bits", "a_bits", "top1"], ascending=[True, False, False, False]
+    )  # FP32 first, then widest weights
+    for _, row in order.iterrows():
         latency = [f"{row[f'onnx_ms_batch{size}']:.2f} ({row[f'onnx_fp32_ms_batch{size}']:.2f})" for size in (1, 256)]
         values = [
             cell_name(row),

@@ -1,1 +1,1 @@
-"""What a deployment stores: the integer export of our PTQ, and the size of any model as stored."""
+"""What a deployment stores and runs: the integer export of our PTQ, sizes, and the ONNX QDQ graph on ONNX Runtime."""
