@@ -46,6 +46,7 @@ def export_fields(
     ``simulated`` holds our model's logits on ``test``. A model ONNX cannot carry gives
     ``onnx_status: unsupported`` with the reason, and the cell stays ok; any other error is the cell's.
     """
+    start = time.perf_counter()
     try:
         if method not in EXPORTABLE:
             raise Unsupported(
@@ -55,7 +56,6 @@ def export_fields(
         graph = to_onnx(fold_batchnorm(model) if method == "none" else model)
     except Unsupported as reason:
         return {"onnx_status": "unsupported", "onnx_reason": str(reason)}
-    start = time.perf_counter()
     path = directory / FILE
     write_atomically(path, lambda tmp: onnx.save(graph, tmp))
     runner, kernels = onnx_runtime.session_and_kernels(graph, threads=torch.get_num_threads())
