@@ -154,6 +154,15 @@ def test_a_cell_with_export_onnx_writes_the_file_and_measures_it_on_onnx_runtime
     assert json.loads((Path(cfg.output_dir) / "result.json").read_text())["onnx_kernels"] == result["onnx_kernels"]
 
 
+def test_the_fp32_cell_exports_the_float_model_and_times_it_once(compose_in, weights_file: Path):
+    result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "quant=none", "export=onnx"]))
+    assert result["onnx_status"] == "ok" and result["onnx_top1"] == result["top1"]
+    assert result["onnx_integer_kernels"] == 0
+    assert [result[f"onnx_ms_batch{size}"] for size in (1, 256)] == [
+        result[f"onnx_fp32_ms_batch{size}"] for size in (1, 256)
+    ]  # its graph is the float model's
+
+
 def test_a_model_that_is_not_ours_is_unsupported_and_an_unknown_format_is_the_users_error(
     compose_in, weights_file: Path
 ):
