@@ -19,6 +19,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
+from qexp.precision import resolve_precision
+
 log = logging.getLogger(__name__)
 
 
@@ -35,13 +37,16 @@ def fit_resumably(
 
     With ``resume``, an existing ``<directory>/checkpoints/last.ckpt`` is continued: the epoch,
     optimizer, schedule and callbacks' states come back. ``trainer_overrides`` (e.g. ``max_epochs``)
-    are passed to the Trainer over ``trainer_cfg``.
+    are passed to the Trainer over ``trainer_cfg``. ``precision: auto`` is resolved from the hardware
+    (``qexp.precision``) before the Trainer sees it.
     """
     interactive = sys.stdout.isatty()
     if interactive:
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=20)]
+    precision = resolve_precision(trainer_cfg.get("precision", "32-true"), trainer_cfg.get("accelerator", "auto"))
     trainer = instantiate(
         trainer_cfg,
+        precision=precision,
         default_root_dir=directory,
         logger=CSVLogger(directory, name="csv"),
         callbacks=callbacks,

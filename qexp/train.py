@@ -140,6 +140,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "split_seed": datamodule.seed,
         "teacher": teacher_meta,
         "epochs": trainer.current_epoch,
+        "precision": str(trainer.precision),
         "train_seconds": round(clock.seconds, 1),
         "command": "python -m qexp.train " + " ".join(sys.argv[1:]),
         "config": OmegaConf.to_yaml(portable_config(cfg)),

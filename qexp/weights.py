@@ -7,6 +7,7 @@ values, so ``torch.load(weights_only=True)`` reads it without executing pickled 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from torch import nn
 from qexp.atomic import write_atomically
 from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
+from qexp.models import dead_residual_channels
+
+log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).parent / "assets" / "resnet20_cifar10_jpeg.pt"
 
@@ -56,7 +60,25 @@ def load_weights(path: Path, model: nn.Module, arch: str) -> dict[str, Any]:
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise QexpError(f"checkpoint={str(path)!r} does not fit {arch}: {first}") from None
+    warn_if_narrow(path, model)
     return dict(payload.get("meta", {}))
+
+
+def warn_if_narrow(path: Path, model: nn.Module) -> None:
+    """Log a warning when ``model`` has residual channels that its weights cut off (``bn2`` scale 0).
+
+    Quantizing such a network measures a narrower model than ResNet20; it is allowed (the narrow
+    baseline is kept on purpose) but never silently.
+    """
+    dead = dead_residual_channels(model)
+    if dead:
+        total = sum(len(channels) for channels in dead.values())
+        blocks = ", ".join(f"{name} ({len(channels)})" for name, channels in dead.items())
+        log.warning(
+            "checkpoint=%r has %d dead residual channels (bn2 scale exactly 0) in %s: the network is narrower "
+            "than its architecture, as ResNet20s trained with a zero-initialised bn2 behind option-A shortcuts are.",
+            str(path), total, blocks,
+        )  # fmt: skip
 
 
 def checkpoint_path(checkpoint: str | None) -> Path:

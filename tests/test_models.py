@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from qexp.models import count_parameters, resnet20
+from qexp.models import count_parameters, dead_residual_channels, resnet20
 from qexp.models.resnet import Add, PadShortcut
 
 
@@ -25,3 +25,34 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
     assert out.shape == (1, 4, 2, 2)
     assert torch.equal(out[:, 1:3], x[:, :, ::2, ::2])
     assert not out[:, 0].any() and not out[:, 3].any()
+
+
+def test_every_channel_of_a_fresh_resnet20_learns():
+    """A few SGD steps on random data reach every BatchNorm channel and every conv filter.
+
+    With a zero-initialised ``bn2`` behind option A's zero-padded shortcut, 192 BatchNorm channels
+    (the padded ones of stages 2 and 3) never received a gradient and stayed dead.
+    """
+    torch.manual_seed(0)
+    model = resnet20()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    reached = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
+    for _ in range(3):
+        images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        for name, p in model.named_parameters():
+            reached[name] |= p.grad != 0
+        optimizer.step()
+    for name, mask in reached.items():
+        per_channel = mask.flatten(1).any(1) if mask.ndim > 1 else mask
+        assert per_channel.all(), f"{name}: {int((~per_channel).sum())} channels never got a gradient"
+
+
+def test_dead_residual_channels_finds_zeroed_bn2_scales():
+    model = resnet20()
+    assert dead_residual_channels(model) == {}
+    with torch.no_grad():
+        model.layer2[0].bn2.weight[:8] = 0
+        model.layer3[1].bn2.weight[5] = 0
+    assert dead_residual_channels(model) == {"layer2.0": list(range(8)), "layer3.1": [5]}

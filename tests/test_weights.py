@@ -33,3 +33,23 @@ def test_the_validation_split_must_be_the_one_the_checkpoint_was_trained_without
     else:
         with pytest.raises(QexpError, match=message):
             check_held_out(meta, data)
+
+
+def test_loading_a_narrow_resnet20_warns(tmp_path, caplog):
+    import torch
+
+    from qexp.models import resnet20
+    from qexp.weights import load_weights, save_weights
+
+    model = resnet20()
+    path = tmp_path / "w.pt"
+    save_weights(path, model, "resnet20", {})
+    with caplog.at_level("WARNING", logger="qexp.weights"):
+        load_weights(path, resnet20(), "resnet20")
+    assert "dead residual" not in caplog.text
+    with torch.no_grad():
+        model.layer3[0].bn2.weight[:24] = 0
+    save_weights(path, model, "resnet20", {})
+    with caplog.at_level("WARNING", logger="qexp.weights"):
+        load_weights(path, resnet20(), "resnet20")
+    assert "24 dead residual channels" in caplog.text and "layer3.0 (24)" in caplog.text

@@ -1,4 +1,4 @@
-from qexp.models.resnet import ResNet, count_parameters, resnet20
+from qexp.models.resnet import ResNet, count_parameters, dead_residual_channels, resnet20
 from qexp.models.wide import WideNet, widenet
 
-__all__ = ["ResNet", "WideNet", "count_parameters", "resnet20", "widenet"]
+__all__ = ["ResNet", "WideNet", "count_parameters", "dead_residual_channels", "resnet20", "widenet"]

@@ -90,11 +90,10 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        # Zero-init the last BN of each block so every block starts as the identity: a
-        # known help for deep residual nets (Goyal et al. 2017) that costs nothing.
-        for module in self.modules():
-            if isinstance(module, BasicBlock):
-                nn.init.zeros_(module.bn2.weight)
+        # No zero-init of each block's last BatchNorm (Goyal et al. 2017's trick, made for projection
+        # shortcuts): behind option A's zero-padded shortcut it makes the new channels' pre-activation
+        # exactly 0, ReLU passes no gradient at 0, and those channels never learn -- the residual
+        # stream would stay 16 channels wide in every stage.
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -107,8 +106,26 @@ def resnet20(num_classes: int = 10) -> ResNet:
     return ResNet(blocks_per_stage=3, num_classes=num_classes)
 
 
+def dead_residual_channels(model: nn.Module) -> dict[str, list[int]]:
+    """Per block, the output channels whose residual branch is cut off: ``bn2`` scale exactly 0.
+
+    Such a channel adds nothing but a constant to the residual stream whatever the input, and behind
+    an option-A shortcut, which brings exact zeros into the new channels, it never receives a
+    gradient, so training cannot revive it. A trained network where this holds in many channels is
+    narrower than it looks (the zero-initialised ``bn2`` of older qexp runs left 16 live channels
+    in every stage). Blocks without dead channels are left out of the answer.
+    """
+    dead = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BasicBlock):
+            channels = (module.bn2.weight.detach() == 0).nonzero().flatten().tolist()
+            if channels:
+                dead[name] = channels
+    return dead
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Add", "BasicBlock", "PadShortcut", "ResNet", "count_parameters", "resnet20"]
+__all__ = ["Add", "BasicBlock", "PadShortcut", "ResNet", "count_parameters", "dead_residual_channels", "resnet20"]
