@@ -113,11 +113,14 @@ onnx: venv data
 		hydra.sweep.dir=$(ONNX)/brecq $(CELL_ARGS)
 	$(MAKE) report
 
+# The sweeps' cells merged into the committed report: a re-run cell replaces its committed twin, every
+# other committed cell stays (a report of the sweeps alone would drop them).
 report:
-	$(PY) -m qexp.report $(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX)) --out $(REPORT)
+	$(PY) -m qexp.report $(if $(wildcard $(REPORT)/results.csv),--from-csv $(REPORT)/results.csv,) \
+		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX)) --out $(REPORT)
 
-# The 300-epoch candidate checkpoint (conf/experiment/final.yaml; resumes an interrupted run), and the
-# distillation teacher the proxies compared it with. Both train on the JPEG mirror (data.root);
+# The shipped checkpoint's run (conf/experiment/final.yaml: the full-width ResNet20, 200 epochs;
+# resumes an interrupted run), and the distillation teacher the proxies compared it with. Both train on the JPEG mirror (data.root);
 # elsewhere add data=cifar10 to the command.
 train: venv data
 	$(PY) -m qexp.train experiment=final $(EXTRA_TEST)

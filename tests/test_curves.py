@@ -24,3 +24,16 @@ def test_versions_of_a_resumed_run_are_joined_one_row_per_epoch(tmp_path: Path):
 def test_missing_logs_are_a_clear_error(tmp_path: Path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "no csv/version_*/metrics.csv" in capsys.readouterr().err
+
+
+def test_two_runs_share_one_figure_and_labels_must_match(tmp_path: Path, capsys):
+    for run in ("a", "b"):
+        folder = tmp_path / run / "csv" / "version_0"
+        folder.mkdir(parents=True)
+        rows = [{"epoch": e, "val/acc": 0.5, "val/ema_acc": 0.6, "train/loss": 1.0} for e in range(3)]
+        pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main([*runs, "--label", "full width", "--label", "narrow", "--out", str(tmp_path / "out")]) == 0
+    assert len(pd.read_csv(tmp_path / "out" / "metrics.csv")) == 3
+    assert main([*runs, "--label", "only one", "--out", str(tmp_path / "out")]) == 2
+    assert "1 --label values for 2 run directories" in capsys.readouterr().err

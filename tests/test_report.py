@@ -247,3 +247,22 @@ def test_exported_cells_get_an_onnx_runtime_row_and_the_newer_twin_is_shown(tmp_
     assert onnx_table(collect([sweep / "0"])) == ""  # no exported cell, no table
     fake_cell(sweep, "3", "2026-01-01T00:00:03", top1=90.5, cell_key="a" * 64)  # re-run later without export
     assert "ours · minmax · W8" not in onnx_table(collect([sweep]))  # newer numbers win; their export is not shown
+
+
+def test_the_demos_report_step_keeps_every_committed_cell(tmp_path: Path):
+    """``make report`` merges the demo's sweeps into the committed results.csv: nothing committed is dropped."""
+    committed = pd.read_csv(Path(__file__).resolve().parent.parent / "multirun_reports/resnet20_ptq/results.csv")
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    committed.to_csv(report_dir / "results.csv", index=False)
+    redone = committed[committed["quant"] == "custom_ptq"].iloc[0]
+    sweep = tmp_path / "grid"
+    keys = ("quant", "w_bits", "a_bits", "bits", "observer", "granularity", "fp32_top1", "cell_key", "checkpoint")
+    same = {k: getattr(redone[k], "item", lambda v=redone[k]: v)() for k in keys}
+    fake_cell(sweep, "0", "2030-01-01T00:00:00", **same, top1=12.5)
+    assert main(["--from-csv", str(report_dir / "results.csv"), str(sweep), "--out", str(report_dir)]) == 0
+    merged = pd.read_csv(report_dir / "results.csv")
+    assert len(merged) == len(committed)
+    assert set(merged["cell_key"].dropna()) == set(committed["cell_key"].dropna())
+    assert merged.loc[merged["cell_key"] == redone["cell_key"], "top1"].tolist() == [12.5]  # the demo's cell won
+    assert (report_dir / "results.md").read_text().count("ONNX Runtime") >= 1

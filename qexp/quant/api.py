@@ -26,7 +26,7 @@ from qexp.quant.custom.ptq import PTQConfig, quantize_model
 from qexp.quant.custom.reconstruct import ReconstructionConfig
 from qexp.quant.export.packed import integer_export, serialized_bytes
 from qexp.quant.pytorch import fx, pt2e
-from qexp.quant.pytorch.float16 import FP16_REASON, to_float16
+from qexp.quant.pytorch.float16 import FP16_REASON, stored_float16, to_float16
 from qexp.quant.qat.finetune import QATConfig, fine_tune
 from qexp.weights import check_held_out
 
@@ -100,7 +100,7 @@ def quantize(
         quantized, images = fx.quantize_int8(model, batches, quant.observer, quant.granularity)
         return Quantized(quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend")
     half = to_float16(model)
-    return Quantized(half, serialized_bytes(half), 0, FP16_REASON, observed=False)
+    return Quantized(half, serialized_bytes(stored_float16(half)), 0, FP16_REASON, observed=False)
 
 
 def quantize_with_pt2e(model: nn.Module, quant: DictConfig, datamodule: CIFAR10DataModule) -> Quantized:
