@@ -43,8 +43,7 @@ test: venv
 	$(PY) -m pytest -m "not slow" -q
 
 # The full comparison grid on the shipped checkpoint (31 cells, 27 evaluated on the whole test split;
-# 628 s from scratch on 2 idle cores),
-# then the report.
+# 628 s from scratch on an idle 2-core Intel Xeon with AMX), then the report.
 # Re-running resumes: cells already ok for the same config and checkpoint are skipped, stale or
 # failed ones are redone (REDO=1 recomputes everything).
 demo: venv data
@@ -66,8 +65,8 @@ grid:
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2 quant.a_bits=8 quant.first_last_bits=8 \
 		observer=mse hydra.sweep.dir=$(GRID)/custom_a8_fl8 $(CELL_ARGS)
 
-# Beyond round-to-nearest (README "Recovering 4 and 2 bits"): per-layer sensitivity, learned
-# rounding for the W4A4 and W2A4 goals (about 10 minutes a cell on 2 cores), equalization, bias
+# Beyond round-to-nearest (docs/recovery.md): per-layer sensitivity, learned rounding for the
+# W4A4 and W2A4 goals (about 10 minutes a cell on the 2-core Xeon), equalization, bias
 # correction, mixed precision, W2A2, then AdaRound per layer. Results land beside the grid's and
 # in the same report.
 Q := $(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq observer=mse
@@ -90,7 +89,7 @@ levels: venv data
 		hydra.sweep.dir=$(RECOVERY)/full_grid_brecq $(CELL_ARGS)
 
 # Quantization-aware training from our W4A4 and W2A4 round-to-nearest models (15 epochs, about
-# 45 minutes a cell on 2 cores), in the same report.
+# 50 minutes a cell on the 2-core Xeon; docs/qat.md), in the same report.
 QAT ?= multirun/qat
 qat: venv data
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=qat observer=mse bits=4 hydra.sweep.dir=$(QAT)/w4a4 $(CELL_ARGS)
@@ -100,7 +99,7 @@ qat: venv data
 
 # Our models as ONNX QDQ graphs on ONNX Runtime (export=onnx): FP32, round-to-nearest at every width (per-reader
 # grids, as the grid's cells, and W8A8 with shared grids, the layout that runs on integer kernels end to end), and
-# the BRECQ W4A4 model (held_out=0, as the committed cell). About 15 minutes on 2 cores, then the report.
+# the BRECQ W4A4 model (held_out=0, as the committed cell). About 15 minutes on the 2-core Xeon, then the report.
 ONNX ?= multirun/onnx
 onnx: venv data
 	$(PY) -m qexp.quantize -m data=$(DATA) quant=none export=onnx hydra.sweep.dir=$(ONNX)/fp32 $(CELL_ARGS)
@@ -119,18 +118,18 @@ report:
 	$(PY) -m qexp.report $(if $(wildcard $(REPORT)/results.csv),--from-csv $(REPORT)/results.csv,) \
 		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX)) --out $(REPORT)
 
-# The shipped checkpoint's run (conf/experiment/final.yaml: the full-width ResNet20, 200 epochs;
-# resumes an interrupted run), and the distillation teacher the proxies compared it with. Both train on the JPEG mirror (data.root);
-# elsewhere add data=cifar10 to the command.
+# The reference recipe on the full-width ResNet20 (conf/experiment/final.yaml, 200 epochs -> outputs/final,
+# the candidate to replace the shipped checkpoint; resumes an interrupted run), and the distillation teacher.
+# Both train on the JPEG mirror (data.root); elsewhere add data=cifar10 to the command (docs/training.md).
 train: venv data
 	$(PY) -m qexp.train experiment=final $(EXTRA_TEST)
 
 teacher: venv data
 	$(PY) -m qexp.train experiment=teacher $(EXTRA_TEST)
 
-# Proxy runs that chose the final recipe: 15 epochs on 45 000 images, scored on the 5 000
-# held-out ones, and plain training for 25 epochs, the same time as 15 distilled ones; the
-# table lands in reports/recipes/ (test accuracy is not in it).
+# Proxy runs that compared recipes (on the narrow network, docs/training.md): 15 epochs on 45 000
+# images, scored on the 5 000 held-out ones, and plain training for 25 epochs, the same time as 15
+# distilled ones; the table lands in reports/recipes/ (test accuracy is not in it).
 PROXY := $(PY) -m qexp.train $(EXTRA_TEST)
 PLAIN := data=cifar10_folder trainer=full optim.label_smoothing=0 optim.ema_decay=0.999
 proxies: venv data
@@ -139,7 +138,7 @@ proxies: venv data
 		hydra.run.dir=outputs/proxies/distill
 	$(PROXY) $(PLAIN) trainer.max_epochs=25 hydra.run.dir=outputs/proxies/plain-25
 	$(PY) -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt \
-		$(wildcard outputs/final/weights.pt outputs/reference/weights.pt) --out reports/recipes --readme README.md
+		$(wildcard outputs/final/weights.pt outputs/narrow-300/weights.pt outputs/reference/weights.pt) --out reports/recipes --readme docs/training.md
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -5,8 +5,8 @@ on proxy runs scored on the 5 000 held-out training images. This reads the weigh
 runs exported (their metadata holds the resolved config, the validation accuracies and the
 training time) and writes ``recipes.csv`` and ``recipes.md``, one row per run. Test accuracy is
 left out on purpose: a table that recipes are chosen from must not show the test split.
-With ``--readme README.md`` the table also replaces the README's ``<!-- report:recipes -->``
-block, so the README shows what the proxies measured, never a hand copy.
+With ``--readme docs/training.md`` the table also replaces that page's ``<!-- report:recipes -->``
+block, so the docs show what the proxies measured, never a hand copy.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", type=Path, nargs="+", help="weight files exported by python -m qexp.train")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--readme", type=Path, help="a README whose <!-- report:recipes --> block gets the table")
+    parser.add_argument(
+        "--readme", type=Path, help="a page (docs/training.md) whose <!-- report:recipes --> block gets the table"
+    )
     args = parser.parse_args(argv)
     try:
         table = pd.DataFrame([recipe_row(path) for path in args.weights])

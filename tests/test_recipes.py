@@ -65,8 +65,8 @@ def test_the_readme_recipe_table_is_the_committed_one():
 
     table = pd.read_csv(ROOT / "reports" / "recipes" / "recipes.csv")
     block = {"recipes": recipes_markdown(table).rstrip("\n")}
-    assert stale_blocks((ROOT / "README.md").read_text(), block) == [], (
-        "the README's recipe table disagrees with reports/recipes/recipes.csv; regenerate it with "
+    assert stale_blocks((ROOT / "docs" / "training.md").read_text(), block) == [], (
+        "docs/training.md's recipe table disagrees with reports/recipes/recipes.csv; regenerate it with "
         "python -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes "
-        "--readme README.md"
+        "--readme docs/training.md"
     )

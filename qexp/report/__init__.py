@@ -1,16 +1,17 @@
-"""``python -m qexp.report``: tables, plots and the README's generated blocks from quantization sweeps.
+"""``python -m qexp.report``: tables, plots and the generated blocks of the README and docs/ from quantization sweeps.
 
 Collects every ``result.json`` below the given sweep directories (a cell run twice counts once:
 the newest wins), or reads back a ``results.csv`` it wrote (``--from-csv``), and writes
 ``results.csv`` (every field), ``results.md`` (the tables) and PNG plots; with ``--readme`` it
-also rewrites the README's generated blocks. Failed and unsupported cells are shown as such.
+also rewrites the generated blocks of the pages given (files or folders: ``README.md docs``).
+Failed and unsupported cells are shown as such.
 Running it again on the same inputs rewrites the same files.
 
 - ``cells.py``: collecting and reading cells, the selections every table and plot shares
 - ``tables.py``: Markdown tables and ``results.md``
 - ``noise.py``: what one image and one standard error are worth; McNemar's test between cells
 - ``plots.py``: the figures
-- ``readme.py``: the README's generated blocks
+- ``readme.py``: the generated blocks of the README and docs/ pages
 - ``cli.py``: the command line
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,27 +18,31 @@ from qexp.report.cells import (
     read_sensitivity,
 )
 from qexp.report.plots import plot, plot_sensitivity
-from qexp.report.readme import fill, readme_blocks
+from qexp.report.readme import fill_pages, markdown_pages, page_blocks
 from qexp.report.tables import results_markdown
 
-USAGE = """python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME [--readme README.md]
-       python -m qexp.report --from-csv REPORT_DIR/results.csv [SWEEP_DIR ...] --out REPORT_DIR [--readme README.md]"""
+USAGE = """python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME [--readme PAGE ...]
+       python -m qexp.report --from-csv REPORT_DIR/results.csv [SWEEP_DIR ...] --out REPORT_DIR [--readme PAGE ...]
+PAGE: a Markdown file or a folder of them, e.g. --readme README.md docs"""
 
 
-def report(directories: list[Path], out: Path, readme: Path | None = None) -> pd.DataFrame:
-    """Collect the sweeps' cells into ``out``: ``results.csv`` (every field), ``results.md``, the plots."""
+def report(directories: list[Path], out: Path, pages: list[Path] | None = None) -> pd.DataFrame:
+    """Collect the sweeps' cells into ``out``: ``results.csv`` (every field), ``results.md``, the plots.
+
+    ``pages``: Markdown files whose generated blocks are rewritten (``write``).
+    """
     frame = collect(directories)
     sensitivity = collect_sensitivity(directories)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "results.csv", index=False)
     if len(sensitivity):
         sensitivity.to_csv(out / "layer_sensitivity.csv", index=False)
-    write(frame, sensitivity, out, readme)
+    write(frame, sensitivity, out, pages)
     return frame
 
 
 def report_from_csv(
-    results: Path, out: Path, readme: Path | None = None, sweeps: list[Path] | None = None
+    results: Path, out: Path, pages: list[Path] | None = None, sweeps: list[Path] | None = None
 ) -> pd.DataFrame:
     """The report again from a ``results.csv`` (and the ``layer_sensitivity.csv`` beside it), without its sweeps.
 
@@ -60,19 +63,27 @@ def report_from_csv(
         shutil.copyfile(results, out / "results.csv")
         if len(sensitivity):
             shutil.copyfile(results.parent / "layer_sensitivity.csv", out / "layer_sensitivity.csv")
-    write(frame, sensitivity, out, readme)
+    write(frame, sensitivity, out, pages)
     return frame
 
 
-def write(frame: pd.DataFrame, sensitivity: pd.DataFrame, out: Path, readme: Path | None) -> None:
-    """``results.md`` and the plots into ``out``; the README's generated blocks when ``readme`` is given."""
+def write(frame: pd.DataFrame, sensitivity: pd.DataFrame, out: Path, pages: list[Path] | None) -> None:
+    """``results.md`` and the plots into ``out``; the generated blocks of ``pages`` when given.
+
+    Every page gets the blocks it has markers for; all are filled before any is written, so a set of
+    pages where some block has no place (``ValueError``) changes none of them.
+    """
+    filled = {}
+    if pages:
+        texts = {page: page.read_text() for page in pages}
+        filled = fill_pages(texts, page_blocks(frame, out))
+        filled = {page: text for page, text in filled.items() if text != texts[page]}
     (out / "results.md").write_text(results_markdown(frame, sensitivity))
     plot(frame, out)
     if len(sensitivity):
         plot_sensitivity(sensitivity, out)
-    if readme is not None:
-        image = Path(os.path.relpath(out / "glance.png", readme.parent)).as_posix()
-        readme.write_text(fill(readme.read_text(), readme_blocks(frame, image)))
+    for page, text in filled.items():
+        page.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         "--from-csv", type=Path, help="a results.csv to report again; sweep directories beside it add their cells"
     )
     parser.add_argument("--out", type=Path, required=True, help="report directory, e.g. multirun_reports/NAME")
-    parser.add_argument("--readme", type=Path, help="a README whose <!-- report:NAME --> blocks are rewritten")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        nargs="+",
+        help="Markdown files, or folders of them, whose <!-- report:NAME --> blocks are rewritten (README.md docs)",
+    )
     args = parser.parse_args(argv)
     if not args.sweeps and not args.from_csv:
         print("error: give sweep directories, --from-csv RESULTS_CSV, or both.", file=sys.stderr)
@@ -93,17 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: sweep directories {missing} do not exist; expected Hydra multirun directories.", file=sys.stderr)
         return 2
-    if args.readme is not None and not args.readme.is_file():
-        print(f"error: --readme {str(args.readme)!r} is not a file.", file=sys.stderr)
-        return 2
     try:
+        pages = markdown_pages(args.readme) if args.readme else None
         if args.from_csv:
-            frame = report_from_csv(args.from_csv, args.out, args.readme, args.sweeps)
+            frame = report_from_csv(args.from_csv, args.out, pages, args.sweeps)
         else:
-            frame = report(args.sweeps, args.out, args.readme)
+            frame = report(args.sweeps, args.out, pages)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     counts = frame["status"].value_counts().to_dict()
-    print(f"{len(frame)} cells {counts} -> {args.out}" + (f", {args.readme}" if args.readme else ""))
+    print(f"{len(frame)} cells {counts} -> {args.out}" + "".join(f", {page}" for page in pages or []))
     return 0

@@ -104,7 +104,7 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     fp32 = fp32_cell(frame)
     if fp32 is not None:
         cells.append(("FP32", fp32))
-    cells += [("PyTorch float16 (a cast, not int16)", row) for _, row in float16_cells(ok).iterrows()]
+    cells += [("PyTorch float16 (not int16)", row) for _, row in float16_cells(ok).iterrows()]
     for flow, name in (("fx", "FX"), ("pt2e", "pt2e")):
         cell = best(pytorch_int8(ok, flow))
         if cell is not None:
@@ -173,7 +173,7 @@ def size_table(frame: pd.DataFrame) -> str:
         "ours (integer export)": rtn[rtn["w_bits"] == rtn["a_bits"]],
         "PyTorch FX int8": torch_ptq[torch_ptq["flow"] != "pt2e"].drop(index=float16.index),
         "PyTorch pt2e int8": torch_ptq[torch_ptq["flow"] == "pt2e"],
-        "PyTorch float16 (`.half()`)": float16,
+        "PyTorch float16 (rounded, not int16)": float16,
         "QAT (integer export)": qat[qat["w_bits"] == qat["a_bits"]],
     }
 
