@@ -1,10 +1,10 @@
 """What a sweep need not compute twice: a cell already finished, and the FP32 reference of a checkpoint.
 
 A cell's identity is a content hash of what decides its numbers -- the resolved config, minus
-where and how fast it runs, and the bytes of its checkpoint -- so re-running a sweep into the
-same directory skips the cells that are done and redoes failed, missing or stale ones (another
-checkpoint, another setting). The FP32 top-1 depends only on the checkpoint, the test images and
-the batch size, so one evaluation serves every cell of a grid.
+where and how fast it runs and what its method never reads, and the bytes of its checkpoint --
+so re-running a sweep into the same directory skips the cells that are done and redoes failed,
+missing or stale ones (another checkpoint, another setting). The FP32 top-1 depends only on the
+checkpoint, the test images and the batch size, so one evaluation serves every cell of a grid.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qexp.atomic import write_atomically
 from qexp.data import Split
+from qexp.quant import unread_settings
 
 # Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo, and
 # whether it also exports its model (an exported cell is the same cell with the ONNX fields added).
@@ -37,11 +38,17 @@ def file_digest(path: Path) -> str:
 
 
 def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
-    """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS``), checkpoint bytes and
-    ``RESULT_SCHEMA``."""
+    """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS`` and the settings its
+    method never reads, ``quant.unread_settings``), checkpoint bytes and ``RESULT_SCHEMA``."""
     config = OmegaConf.to_container(cfg, resolve=True)
     for key in RUN_ONLY_KEYS:
         config.pop(key, None)
+    for dotted in unread_settings(cfg):
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(key, None)
     text = json.dumps(config, sort_keys=True, default=str) + file_digest(checkpoint) + f"schema {RESULT_SCHEMA}"
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,31 @@ def hardware() -> str:
     return text
 
 
+# Libraries a result may depend on beyond torch: PyTorch's pt2e flow lives in torchao, and the ONNX
+# export is written with onnx and measured on onnxruntime.
+OPTIONAL_LIBRARIES = ("torchao", "onnx", "onnxruntime")
+NOT_INSTALLED = "not installed"
+
+
+def installed_versions(modules: tuple[str, ...]) -> dict[str, str]:
+    """The version of the distribution that provides each of ``modules``, read from its metadata without importing it.
+
+    The distribution's name follows when it is not the module's (``1.20.0 (onnxruntime-gpu)``);
+    ``NOT_INSTALLED`` when nothing provides the module.
+    """
+    providers = metadata.packages_distributions()
+    found = {}
+    for module in modules:
+        names = providers.get(module)
+        if not names:
+            found[module] = NOT_INSTALLED
+            continue
+        found[module] = metadata.version(names[0]) + ("" if names[0] == module else f" ({names[0]})")
+    return found
+
+
 def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a result depends on; ``NOT_INSTALLED`` for an absent optional one."""
     import lightning
     import torchvision
 
@@ -90,4 +115,5 @@ def versions() -> dict[str, str]:
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
         "lightning": str(lightning.__version__),
+        **installed_versions(OPTIONAL_LIBRARIES),
     }

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from PIL import Image
+from torch import nn
 
-from qexp.data import CLASSES
+from qexp.data import CLASSES, Split, normalize
 from qexp.models import resnet20
 from qexp.weights import save_weights
 
@@ -47,6 +49,24 @@ def run_module(module: str, *args: str, cwd: Path = ROOT) -> subprocess.Complete
     )
 
 
+def recount_top1(model: nn.Module, split: Split, batch_size: int, flip: bool = False) -> float:
+    """Top-1 of ``model`` on ``split``, counted here with a plain loop, to check a figure qexp recorded.
+
+    ``batch_size`` is the figure's own (``data.eval_batch_size``), so that both sum the same floats;
+    ``flip`` adds each image's logits to its mirror's, as the flip-averaged figure does.
+    """
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            images = split.images[start : start + batch_size]
+            logits = model(normalize(images))
+            if flip:
+                logits = logits + model(normalize(images.flip(-1)))
+            correct += int((logits.argmax(dim=1) == split.labels[start : start + batch_size]).sum())
+    return 100.0 * correct / len(split)
+
+
 def write_image_folder(root: Path, per_class: int, classes: tuple[str, ...] = CLASSES, suffix: str = ".png") -> Path:
     """``root/{train,test}/<class>/i.png``; image ``i`` of class ``c`` is filled with value ``10 c + i``."""
     for split in ("train", "test"):
@@ -67,8 +87,6 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An (untrained) ResNet20 weight file in the format ``qexp.train`` exports."""
-    import torch
-
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
     save_weights(path, resnet20(), arch="resnet20", meta={"test_top1": 10.0, "data": "synthetic"})
@@ -78,8 +96,6 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model_and_data():
     """ResNet20 with random BatchNorm statistics, two calibration batches and a test batch."""
-    import torch
-
     from tests.test_fold import randomise_batchnorm
 
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ from qexp.quant.core.affine import (
     choose_qparams,
     dequantize,
     fake_quantize,
+    fake_quantize_frozen,
     pack,
     quant_range,
     quantize,
@@ -23,6 +24,25 @@ finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
 def ranges(draw):
     low, high = sorted((draw(finite), draw(finite)))
     return torch.tensor(low), torch.tensor(high)
+
+
+def exact_ties(scale: torch.Tensor, count: int, low: int, high: int) -> torch.Tensor:
+    """``C x count`` float32 values, row ``c`` exactly halfway between two levels of the grid of step ``scale[c]``.
+
+    Each is ``x = (k + 1/2) * s`` for an integer ``k`` in ``[low, high)`` for which ``x / s`` gives
+    ``k + 1/2`` back in float32 (most do), ``count`` of them spread over the range.
+    """
+    halves = torch.arange(low, high) + 0.5
+    values = halves * scale[:, None]
+    exact = values / scale[:, None] == halves
+    assert (exact.sum(dim=1) >= count).all(), "too few exact ties for this scale"
+    picks = [torch.linspace(0, int(tie.sum()) - 1, count).round().long() for tie in exact]
+    return torch.stack([row[tie][pick] for row, tie, pick in zip(values, exact, picks, strict=True)])
+
+
+def reciprocal_rounding(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``round(x * (1 / s))``: how PyTorch's kernels round, and so qexp's simulation before it used ``quantize``."""
+    return torch.round(x * (1 / scale))
 
 
 @settings(max_examples=200, deadline=None)
@@ -64,6 +84,53 @@ def test_quantization_is_monotone(bits, symmetric, bounds, values):
     qmin, qmax = quant_range(bits, symmetric)
     x = torch.tensor(sorted(values))
     assert (quantize(x, scale, zero_point, qmin, qmax).diff() >= 0).all()
+
+
+@pytest.mark.parametrize(("symmetric", "zero_point"), [(True, 0.0), (False, 37.0)])
+def test_ties_round_to_even_and_the_simulation_computes_the_quantized_integers_bit_for_bit(symmetric, zero_point):
+    qmin, qmax = quant_range(8, symmetric)
+    scale = torch.rand(6, generator=torch.Generator().manual_seed(0)) * 0.05 + 1e-3  # steps that are no power of 2
+    zero_points = torch.full((6,), zero_point)
+    x = exact_ties(scale, 100, int(qmin - zero_point), int(qmax - zero_point))
+    assert ((x / scale[:, None]).frac().abs() == 0.5).all()  # every value is a tie
+    q = quantize(x, scale, zero_points, qmin, qmax, axis=0)
+    assert ((q - zero_point) % 2 == 0).all()  # half to even, as ONNX's QuantizeLinear rounds
+    expected = dequantize(q, scale, zero_points, axis=0)
+    assert torch.equal(fake_quantize_frozen(x, scale, zero_points, qmin, qmax, axis=0), expected)
+    assert torch.equal(fake_quantize(x, scale, zero_points, qmin, qmax, axis=0), expected)  # LSQ's and AdaRound's
+    # What the simulation computed before (PyTorch's fused kernel) rounds some of these ties the other way.
+    assert (reciprocal_rounding(x, scale[:, None]) != torch.round(x / scale[:, None])).sum() >= 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), bounds=ranges(), values=st.lists(finite, min_size=1, max_size=30))
+def test_the_frozen_simulation_is_the_reference_bit_for_bit(bits, symmetric, bounds, values):
+    scale, zero_point = choose_qparams(*bounds, bits, symmetric)
+    qmin, qmax = quant_range(bits, symmetric)
+    x = torch.tensor(values)
+    frozen = fake_quantize_frozen(x, scale, zero_point, qmin, qmax)
+    assert torch.equal(frozen, dequantize(quantize(x, scale, zero_point, qmin, qmax), scale, zero_point))
+    assert torch.equal(frozen, fake_quantize(x, scale, zero_point, qmin, qmax))
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_the_frozen_simulation_passes_the_gradient_where_nothing_was_clamped_as_pytorchs_kernel_does(axis):
+    generator = torch.Generator().manual_seed(1)
+    x = (torch.randn(4, 3, 5, 5, generator=generator) * 3).requires_grad_()
+    upstream = torch.randn(x.shape, generator=generator)
+    scale = torch.tensor([0.02, 0.05, 0.1, 0.3]) if axis == 0 else torch.tensor(0.05)
+    zero_point = torch.zeros_like(scale)
+    fake_quantize_frozen(x, scale, zero_point, -7, 7, axis).backward(upstream)
+    ours, x.grad = x.grad, None
+    if axis is None:
+        torch.fake_quantize_per_tensor_affine(x, scale, zero_point.int(), -7, 7).backward(upstream)
+    else:
+        torch.fake_quantize_per_channel_affine(x, scale, zero_point.int(), axis, -7, 7).backward(upstream)
+    assert torch.equal(ours, x.grad)
+    assert 0 < int((ours == 0).sum()) < x.numel()  # some values were clamped, most were not
+    frozen_scale = scale.clone().requires_grad_()
+    fake_quantize_frozen(x.detach(), frozen_scale, zero_point, -7, 7, axis).sum().backward()
+    assert frozen_scale.grad is None  # a frozen grid does not learn
 
 
 def test_ranges_and_constant_tensors():

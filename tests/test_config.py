@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from qexp.data import CIFAR10DataModule
+from qexp.quant import PTQConfig, ptq_config
 from tests.conftest import CONF
 
 
@@ -36,6 +37,21 @@ def test_quantize_config_composes(compose_in, quant, observer):
     assert cfg.quant.method == quant and cfg.quant.observer == observer
     if quant != "none":
         assert (cfg.quant.w_bits, cfg.quant.a_bits) == (4, 8)
+
+
+def test_the_percentile_is_the_percentile_observers_setting(compose_in):
+    cfg = compose_in("quantize", ["observer=percentile", "quant.percentile=99.9"])
+    assert ptq_config(cfg.quant).percentile == 99.9
+    assert "percentile" not in compose_in("quantize", ["observer=mse"]).quant  # no setting that nothing reads
+    assert ptq_config(compose_in("quantize", ["observer=percentile"]).quant).percentile == PTQConfig.percentile
+
+
+def test_qat_trains_with_the_short_cpu_trainer_for_its_own_epochs(compose_in):
+    quant = compose_in("quantize", ["quant=qat", "quant.epochs=3"]).quant
+    short = OmegaConf.to_container(OmegaConf.load(CONF / "trainer" / "cpu_short.yaml"))
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "quant" / "qat.yaml").trainer)  # what qat.yaml adds
+    assert OmegaConf.to_container(quant.trainer) == {**short, **own}
+    assert quant.trainer.max_epochs == quant.epochs == 3 and quant.trainer.precision == "auto"
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from qexp.cache import cell_key
@@ -14,10 +14,13 @@ from qexp.quant import PTQConfig, quantize_model
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.core.modules import FakeQuantize, Mode, QuantLayer, quantizers
 from qexp.quant.core.observers import MinMaxObserver
-from qexp.quant.export import onnx_runtime
+from qexp.quant.export import onnx_runtime, qdq
+from qexp.quant.export.packed import exported_weight, integer_export
 from qexp.quant.export.qdq import to_onnx
 from qexp.quant.unsupported import Unsupported
 from qexp.quantize import run
+from tests.test_affine import exact_ties, reciprocal_rounding
+from tests.test_packed import tied_layer
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def test_other_widths_export_on_the_lowest_opset_that_has_them_and_compute_what_
     assert graph.opset_import[0].version == opset
     simulated, exported = simulated_and_exported(model, images)
     # No integer kernel at these widths (8-bit per tensor aside): the runtime dequantizes and computes in float,
-    # as our simulation does; only a rounding tie or float summation order can differ.
+    # as our simulation does, with the same rounding (x / s, ties to even): only float summation order can differ.
     assert (exported - simulated).abs().max() <= 4 * output_step(simulated)
     assert (exported.argmax(1) == simulated.argmax(1)).float().mean() >= 0.95
 
@@ -116,6 +119,31 @@ def test_the_file_holds_our_integers_scales_zero_points_and_biases(model_and_dat
     quantize_nodes = [node for node in graph.graph.node if node.op_type == "QuantizeLinear"]
     assert len(quantize_nodes) == len(quantizers(model, "activation")) == 38
     assert "one per reader" in graph.graph.doc_string
+
+
+def test_on_exact_ties_the_file_stores_the_exported_integers_and_runs_the_simulated_activations(images):
+    layer = tied_layer(normalize(images[:8]))
+    classifier = nn.Sequential(layer, nn.AdaptiveAvgPool2d(1), nn.Flatten())  # a graph's output is N x classes
+    stored = initializer(to_onnx(classifier), "0.weight_q")
+    np.testing.assert_array_equal(stored, exported_weight(integer_export(classifier), 0).numpy())
+    scale = layer.weight_quantizer.scale.numpy()
+    np.testing.assert_array_equal(stored * scale[:, None, None, None], layer.quantized_weight().detach().numpy())
+    # An activation quantizer's Q/DQ pair, as the exporter emits it, on ONNX Runtime: what our quantizer computes.
+    quantizer = FakeQuantize(MinMaxObserver(8, symmetric=False))
+    quantizer.scale.fill_(0.0137)  # a grid set by hand, on which PyTorch's rounding moves some ties
+    quantizer.zero_point.fill_(37)
+    quantizer.mode = Mode.QUANTIZE
+    ties = exact_ties(quantizer.scale.reshape(1), 200, -37, 255 - 37).flatten()
+    graph = qdq._Graph()
+    output = qdq._quantize_dequantize(graph, "x", quantizer, "activation")
+    declared = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [len(ties)]) for name in ("x", output)]
+    pair = helper.make_model(
+        helper.make_graph(graph.nodes, "pair", declared[:1], declared[1:], graph.initializers),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    (runtime,) = onnx_runtime.session(pair, threads=1).run(None, {"x": ties.numpy()})
+    np.testing.assert_array_equal(runtime, quantizer(ties).numpy())
+    assert (reciprocal_rounding(ties, quantizer.scale) != torch.round(ties / quantizer.scale)).sum() >= 5
 
 
 def test_integers_are_stored_at_their_width(model_and_data, images):

@@ -2,17 +2,27 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
+from torch import nn
 
+from qexp.data import CIFAR10DataModule, load_image_folder
 from qexp.evaluate import standard_error, unpack_correct
 from qexp.models import resnet20
+from qexp.quant import quantize
 from qexp.quantize import run
-from qexp.weights import save_weights
-from tests.conftest import run_module
+from qexp.weights import checkpoint_path, load_trained, save_weights
+from tests.conftest import compose_config, recount_top1, run_module
 
 FIELDS = {
     "quant", "bits", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "status", "reason",
     "top1", "fp32_top1", "size_bytes", "fp32_size_bytes", "calib_images", "seconds", "checkpoint", "data",
 }  # fmt: skip
+
+
+def rebuilt(cfg: DictConfig) -> tuple[nn.Module, nn.Module, CIFAR10DataModule]:
+    """A cell's float model, its quantized model made here through the public API, and its data."""
+    model, _, datamodule = load_trained(cfg, checkpoint_path(cfg.checkpoint))
+    return model, quantize(model, cfg.quant, datamodule).model, datamodule
 
 
 def test_design_card_sweep_runs_through_the_real_entry_point(tmp_path: Path, weights_file: Path):
@@ -30,7 +40,11 @@ def test_design_card_sweep_runs_through_the_real_entry_point(tmp_path: Path, wei
     assert status[("torch_ptq", 2, "minmax")] == status[("torch_ptq", 8, "percentile")] == "unsupported"
     assert {c["data"] for c in cells} == {"synthetic"}
     ok = [c for c in cells if c["status"] == "ok"]
-    assert all(c["calib_images"] == 128 and 0 <= c["top1"] <= 100 for c in ok)
+    recount = compose_config("quantize", ["data=synthetic", f"checkpoint={weights_file}"], tmp_path / "recount")
+    float_model, _, datamodule = load_trained(recount, weights_file)
+    test = datamodule.splits["test"]
+    fp32_top1 = recount_top1(float_model, test, datamodule.eval_batch_size)
+    assert all(c["calib_images"] == 128 and c["test_images"] == len(test) and c["fp32_top1"] == fp32_top1 for c in ok)
     assert all(c["size_bytes"] < c["fp32_size_bytes"] for c in ok)
     assert all(0 < c["payload_bytes"] < c["size_bytes"] for c in ok)  # the numbers alone, without the format
     for cell in ok:  # per-image correctness agrees with the top-1 it was measured with
@@ -186,8 +200,13 @@ def test_a_second_test_set_is_measured_beside_the_test_split(compose_in, weights
     w8 = run(compose_in("quantize", [*base, "bits=8"]))
     assert fp32["status"] == w8["status"] == "ok"
     assert fp32["extra_test_top1"] == fp32["extra_test_fp32_top1"] == w8["extra_test_fp32_top1"]
+    float_model, w8_model, datamodule = rebuilt(compose_in("quantize", [*base, "bits=8"]))
+    extra_test = load_image_folder(image_folder, splits=("test",))["test"]  # read here, not through the data module
+    batch = datamodule.eval_batch_size
+    assert fp32["extra_test_top1"] == recount_top1(float_model, extra_test, batch)
+    assert w8["extra_test_top1"] == recount_top1(w8_model, extra_test, batch)
     for cell in (fp32, w8):
-        assert cell["extra_test_label"] == "folder" and 0 <= cell["extra_test_top1"] <= 100
+        assert cell["extra_test_label"] == "folder"
         assert cell["extra_test_stderr"] == pytest.approx(standard_error(cell["extra_test_top1"], 60))
     assert "extra_test_top1" not in run(compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}"]))
 
@@ -197,7 +216,10 @@ def test_every_cell_scores_the_validation_split_the_checkpoint_never_saw(compose
     fp32 = run(compose_in("quantize", [*base, "quant=none"]))
     w2 = run(compose_in("quantize", [*base, "bits=2"]))
     assert fp32["val_top1"] == fp32["fp32_val_top1"] == w2["fp32_val_top1"] and fp32["val_images"] == 64
-    assert 0 <= w2["val_top1"] <= 100 and w2["val_images"] == 64
+    float_model, w2_model, datamodule = rebuilt(compose_in("quantize", [*base, "bits=2"]))
+    val, batch = datamodule.splits["val"], datamodule.eval_batch_size
+    assert fp32["val_top1"] == recount_top1(float_model, val, batch) and w2["val_images"] == len(val) == 64
+    assert w2["val_top1"] == recount_top1(w2_model, val, batch)
     assert "val_top1" not in run(compose_in("quantize", [*base, "data.val_size=0"]))
 
 

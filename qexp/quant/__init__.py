@@ -1,6 +1,15 @@
 """Quantization of a trained model: the public API that the entry points use (see ``api.py``)."""
 
-from qexp.quant.api import Quantized, check_supported, ptq_config, qat_config, quantize, recovery, weight_grid
+from qexp.quant.api import (
+    Quantized,
+    check_supported,
+    ptq_config,
+    qat_config,
+    quantize,
+    recovery,
+    unread_settings,
+    weight_grid,
+)
 from qexp.quant.core.affine import check_bits
 from qexp.quant.core.modules import layer_bits, layer_names
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
@@ -23,5 +32,6 @@ __all__ = [
     "quantize_model",
     "recovery",
     "serialized_bytes",
+    "unread_settings",
     "weight_grid",
 ]

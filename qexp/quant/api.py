@@ -162,7 +162,7 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
         observer=quant.observer,
         granularity=quant.granularity,
         first_last_bits=quant.first_last_bits,
-        percentile=quant.percentile,
+        percentile=quant.get("percentile", PTQConfig.percentile),  # conf/observer/percentile.yaml sets it
         equalize=quant.equalize,
         bias_correction=quant.bias_correction,
         reconstruction=reconstruction,
@@ -171,6 +171,27 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
         shared_activations=quant.shared_activations,
         weight_grid=quant.weight_grid,
     )
+
+
+def is_float16_cast(quant: DictConfig) -> bool:
+    """Whether ``quant`` is PyTorch's 16-bit cell: the float16 cast (``pytorch/float16.py``), which observes nothing."""
+    return quant.method == "torch_ptq" and quant.get("flow") != "pt2e" and (quant.w_bits, quant.a_bits) == (16, 16)
+
+
+def unread_settings(cfg: DictConfig) -> tuple[str, ...]:
+    """Dotted keys of a cell's config (``conf/quantize.yaml`` composed) that its method never reads.
+
+    They cannot change the cell's numbers, so they must not tell two cells apart (``cache.cell_key``):
+    the float model (``quant=none``) reads neither ``bits`` nor an observer, and the float16 cast
+    observes nothing, so ``observer=minmax,mse`` gives one such cell, not two identical ones. Both
+    record their observer as ``"none"``.
+    """
+    observer = ("quant.observer", "quant.percentile")
+    if cfg.quant.method == "none":
+        return ("bits", *observer)
+    if is_float16_cast(cfg.quant):
+        return observer
+    return ()
 
 
 def weight_grid(quant: DictConfig) -> str | None:

@@ -16,6 +16,15 @@ and back to ``x_hat = (q - z) * s``. Two grids are used:
 
 Scales are floored at ``MIN_SCALE`` so a constant tensor or a dead channel never divides by
 zero. Per-channel parameters are vectors along ``axis`` and are broadcast by ``along``.
+
+Every integer qexp makes -- in the simulated forward pass (``fake_quantize_frozen``, what a frozen
+quantizer computes), in the integer export and in the ONNX graph -- is rounded one way: a float
+division ``x / s``, rounded half to even (``torch.round``), plus the zero point, clamped. That is
+ONNX's ``QuantizeLinear`` as ONNX Runtime computes it, so the integers stored and the values a
+runtime reads are those the simulation evaluated, bit for bit. PyTorch's own kernels
+(``torch.fake_quantize_per_tensor_affine``, ``quantize_per_tensor``, torchao's ``quantize_affine``)
+multiply by ``1 / s`` instead, which sends a value within an ulp of halfway between two levels
+to the other neighbour; qexp's quantizers do not use them.
 """
 
 from __future__ import annotations
@@ -75,10 +84,15 @@ def along(param: Tensor, x: Tensor, axis: int | None) -> Tensor:
     return param.reshape(shape)
 
 
+def _unclamped_integers(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """``round(x / s) + z`` with ``s`` and ``z`` broadcast already: the one rounding (see the module docstring)."""
+    return torch.round(x / scale) + zero_point
+
+
 def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None) -> Tensor:
-    """Integers (as a float tensor) ``clamp(round(x / s) + z, qmin, qmax)``."""
+    """Integers (as a float tensor) ``clamp(round(x / s) + z, qmin, qmax)``, ties to even."""
     scale, zero_point = along(scale, x, axis), along(zero_point, x, axis)
-    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return torch.clamp(_unclamped_integers(x, scale, zero_point), qmin, qmax)
 
 
 def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None = None) -> Tensor:
@@ -94,10 +108,46 @@ def round_ste(x: Tensor) -> Tensor:
 def fake_quantize(
     x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
-    """Quantize then dequantize, differentiable through a straight-through rounding."""
+    """Quantize then dequantize, differentiable in ``x`` and ``scale`` through a straight-through rounding.
+
+    The forward value is ``dequantize(quantize(x))`` bit for bit: ``round_ste`` computes
+    ``(round(y) - y) + y``, and both steps are exact in floating point for ``|round(y) - y| <= 1/2``.
+    """
     scale, zero_point = along(scale, x, axis), along(zero_point, x, axis)
     q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
+
+
+class _FrozenFakeQuantize(torch.autograd.Function):
+    """``dequantize(quantize(x))``; backward: the gradient where ``x`` was not clamped, none to the parameters."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+        integers = _unclamped_integers(x, scale, zero_point)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward((integers >= qmin) & (integers <= qmax))
+        return dequantize(integers.clamp_(qmin, qmax), scale, zero_point)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if not ctx.needs_input_grad[0]:  # only a parameter asked, and a frozen one gets nothing
+            return None, None, None, None, None
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+def fake_quantize_frozen(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
+    """What a frozen quantizer computes: ``dequantize(quantize(x))``, with a straight-through gradient for ``x``.
+
+    The gradient passes unchanged where ``round(x / s) + z`` lies in ``[qmin, qmax]`` and is zero
+    where it was clamped -- the gradient of PyTorch's fused fake-quantization kernels -- and the
+    frozen ``scale`` and ``zero_point`` get none. Unlike ``fake_quantize`` it keeps one boolean per
+    value for the backward pass instead of the graph of five operations.
+    """
+    scale, zero_point = along(scale, x, axis), along(zero_point, x, axis)
+    return _FrozenFakeQuantize.apply(x, scale, zero_point, qmin, qmax)
 
 
 def storage_bits(bits: int) -> int:
