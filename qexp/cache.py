@@ -20,13 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from qexp.atomic import write_atomically
 from qexp.data import Split
 from qexp.quant import unread_settings
+from qexp.result import RESULT_SCHEMA
 
 # Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo, and
 # whether it also exports its model (an exported cell is the same cell with the ONNX fields added).
 RUN_ONLY_KEYS = ("output_dir", "threads", "redo", "cache_dir", "export")
-# Raised when result.json gains a measurement every cell must have (2: validation top-1), so that a
-# resumed sweep redoes the cells written without it instead of keeping them.
-RESULT_SCHEMA = 2
 
 
 def file_digest(path: Path) -> str:
@@ -39,7 +37,7 @@ def file_digest(path: Path) -> str:
 
 def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
     """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS`` and the settings its
-    method never reads, ``quant.unread_settings``), checkpoint bytes and ``RESULT_SCHEMA``."""
+    method never reads, ``quant.unread_settings``), checkpoint bytes and ``qexp.result.RESULT_SCHEMA``."""
     config = OmegaConf.to_container(cfg, resolve=True)
     for key in RUN_ONLY_KEYS:
         config.pop(key, None)

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from qexp.atomic import write_atomically
 from qexp.data import Split
 from qexp.errors import QexpError
-from qexp.evaluate import accuracy
+from qexp.evaluate import Predictions
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.export import onnx_runtime
 from qexp.quant.export.qdq import to_onnx
 from qexp.quant.unsupported import Unsupported
+from qexp.result import OnnxExport, OnnxUnsupported
 
 EXPORTS = (None, "onnx")
 EXPORTABLE = ("none", "custom_ptq", "qat")  # methods whose model is ours (float, or FakeQuantize modules)
@@ -39,12 +39,12 @@ def check_export(export: str | None) -> None:
 
 
 def export_fields(
-    method: str, model: nn.Module, float_model: nn.Module, test: Split, simulated: Tensor, directory: Path
-) -> dict[str, Any]:
+    method: str, model: nn.Module, float_model: nn.Module, test: Split, simulated: Predictions, directory: Path
+) -> OnnxExport | OnnxUnsupported:
     """Export ``model`` (``method``'s result; ``float_model`` is the checkpoint's), run it, and say what was measured.
 
-    ``simulated`` holds our model's logits on ``test``. A model ONNX cannot carry gives
-    ``onnx_status: unsupported`` with the reason, and the cell stays ok; any other error is the cell's.
+    ``simulated`` holds our model's predictions on ``test``. A model ONNX cannot carry gives
+    ``OnnxUnsupported`` with the reason, and the cell stays ok; any other error is the cell's.
     """
     start = time.perf_counter()
     try:
@@ -55,29 +55,29 @@ def export_fields(
             )
         graph = to_onnx(fold_batchnorm(model) if method == "none" else model)
     except Unsupported as reason:
-        return {"onnx_status": "unsupported", "onnx_reason": str(reason)}
+        return OnnxUnsupported(onnx_reason=str(reason))
     path = directory / FILE
     write_atomically(path, lambda tmp: onnx.save(graph, tmp))
     runner, kernels = onnx_runtime.session_and_kernels(graph, threads=torch.get_num_threads())
-    logits = torch.from_numpy(onnx_runtime.logits(runner, test.images))
+    # ONNX Runtime runs the graph (uint8 in, normalisation inside it); its predictions are scored as ours are.
+    runtime = Predictions(torch.from_numpy(onnx_runtime.logits(runner, test.images)), test.labels)
     latency = onnx_runtime.latency_ms(graph)
     # The FP32 cell's graph is the float model's: timed once, not exported and timed again.
     fp32_latency = latency if method == "none" else onnx_runtime.latency_ms(to_onnx(fold_batchnorm(float_model)))
-    return {
-        "onnx_status": "ok",
-        "onnx_note": onnx_runtime.UNFUSED_NOTE if onnx_runtime.needs_unfused(graph) else None,
-        "onnx_file": FILE,
-        "onnx_opset": graph.opset_import[0].version,
-        "onnx_bytes": path.stat().st_size,
-        "onnx_top1": accuracy(logits, test.labels),
-        "onnx_agreement": accuracy(logits, simulated.argmax(1)),  # the simulation's classes as labels
-        "onnx_logits_max_diff": float((logits - simulated).abs().max()),
-        "onnx_kernels": kernels,
-        "onnx_integer_kernels": onnx_runtime.integer_kernel_count(kernels),
-        "onnx_ms_batch1": latency[1],
-        "onnx_ms_batch256": latency[256],
-        "onnx_fp32_ms_batch1": fp32_latency[1],
-        "onnx_fp32_ms_batch256": fp32_latency[256],
-        "onnx_threads": onnx_runtime.LATENCY_THREADS,
-        "onnx_seconds": round(time.perf_counter() - start, 2),  # writing, running and timing it: not in the cell's
-    }
+    return OnnxExport(
+        onnx_note=onnx_runtime.UNFUSED_NOTE if onnx_runtime.needs_unfused(graph) else None,
+        onnx_file=FILE,
+        onnx_opset=graph.opset_import[0].version,
+        onnx_bytes=path.stat().st_size,
+        onnx_top1=runtime.top1,
+        onnx_agreement=runtime.agreement(simulated),
+        onnx_logits_max_diff=runtime.max_difference(simulated),
+        onnx_kernels=kernels,
+        onnx_integer_kernels=onnx_runtime.integer_kernel_count(kernels),
+        onnx_ms_batch1=latency[1],
+        onnx_ms_batch256=latency[256],
+        onnx_fp32_ms_batch1=fp32_latency[1],
+        onnx_fp32_ms_batch256=fp32_latency[256],
+        onnx_threads=onnx_runtime.LATENCY_THREADS,
+        onnx_seconds=round(time.perf_counter() - start, 2),  # writing, running and timing it: not in the cell's
+    )

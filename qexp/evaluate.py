@@ -1,10 +1,17 @@
-"""Top-1 accuracy of a model on a uint8 split, in float32 and without autograd; how far logits moved."""
+"""Top-1 accuracy of a model on a uint8 split, in float32 and without autograd; how far logits moved.
+
+``Predictions`` is the one scoring of a model's logits on a split (top-1, its standard error, which
+images were right, agreement with another model) and ``classify`` the one way a torch model's logits
+are computed: every top-1 a cell records -- the float and quantized models, pt2e's reference graph,
+ONNX Runtime's graph (whose logits the runtime computes) -- is counted by the same code.
+"""
 
 from __future__ import annotations
 
 import base64
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,9 +34,50 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return 100.0 * int((logits.argmax(dim=1) == labels).sum()) / len(labels)
 
 
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """A model's ``logits`` (``N x classes``) on the ``N`` images of a split with these ``labels``; their figures."""
+
+    logits: Tensor
+    labels: Tensor
+
+    @property
+    def images(self) -> int:
+        return len(self.labels)
+
+    @property
+    def top1(self) -> float:
+        """Percentage of the images classified correctly."""
+        return accuracy(self.logits, self.labels)
+
+    @property
+    def stderr(self) -> float:
+        """One binomial ``standard_error`` of ``top1``, in points."""
+        return standard_error(self.top1, self.images)
+
+    def correct(self) -> str:
+        """Which images were right, ``pack_correct``ed: two cells can be compared image by image."""
+        return pack_correct(self.logits.argmax(dim=1) == self.labels)
+
+    def agreement(self, other: Predictions) -> float:
+        """Percentage of the images these logits classify as ``other``'s do (``other``'s classes as labels)."""
+        return accuracy(self.logits, other.logits.argmax(dim=1))
+
+    def max_difference(self, other: Predictions) -> float:
+        """The largest absolute difference between these logits and ``other``'s."""
+        return float((self.logits - other.logits).abs().max())
+
+
+def classify(
+    model: nn.Module, split: Split, transform: Callable[[Tensor], Tensor], batch_size: int = 1000
+) -> Predictions:
+    """``model``'s ``Predictions`` on ``split`` (``predict``'s logits beside the labels)."""
+    return Predictions(predict(model, split, transform, batch_size), split.labels)
+
+
 def top1(model: nn.Module, split: Split, transform: Callable[[Tensor], Tensor], batch_size: int = 1000) -> float:
     """Percentage of ``split`` that ``model`` classifies correctly."""
-    return accuracy(predict(model, split, transform, batch_size), split.labels)
+    return classify(model, split, transform, batch_size).top1
 
 
 def flip_averaged_top1(
@@ -51,8 +99,8 @@ def top1_with_error(
     model: nn.Module, split: Split, transform: Callable[[Tensor], Tensor], batch_size: int = 1000
 ) -> tuple[float, float]:
     """``top1`` and its ``standard_error``: for a small test set (the 1 017 original images) the error matters."""
-    value = top1(model, split, transform, batch_size)
-    return value, standard_error(value, len(split))
+    predictions = classify(model, split, transform, batch_size)
+    return predictions.top1, predictions.stderr
 
 
 def pack_correct(correct: Tensor) -> str:

@@ -6,6 +6,8 @@ output directory, so a multirun sweep always finishes and the report sees every 
 whose ``result.json`` is already ``ok`` for the same config and checkpoint is not run again
 (``redo=true`` forces it), so a killed sweep re-run into the same directory loses at most the
 cell in flight -- and of a QAT cell, which checkpoints every epoch, at most the epoch in flight.
+What is written is the record ``qexp.result.Result``: ``new_result`` starts it from the config,
+``measure`` fills in what the cell measures, ``run`` adds the outcome and provenance.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from torch import nn
 
 from qexp.atomic import write_atomically
 from qexp.cache import cached_reference, cell_key, finished_result
 from qexp.data import Split, normalize
 from qexp.deploy import check_export, export_fields
 from qexp.errors import EXIT_USER_ERROR, QexpError
-from qexp.evaluate import accuracy, pack_correct, predict, top1, top1_with_error
+from qexp.evaluate import Predictions, classify
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.quant import (
     Unsupported,
@@ -43,6 +46,7 @@ from qexp.quant import (
     weight_grid,
 )
 from qexp.quant.export.payload import payload_bytes
+from qexp.result import ABSENT, Result
 from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,6 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Quantize and evaluate as ``cfg`` says; return the result record (also written to ``result.json``)."""
     start = time.perf_counter()
-    quant = cfg.quant
     checkpoint = checkpoint_path(cfg.checkpoint)
     path = Path(cfg.output_dir) / "result.json"
     key = cell_key(cfg, checkpoint)
@@ -59,115 +62,103 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if done is not None:
         log.info("%s is done for this config and checkpoint; not run again (redo=true runs it)", path)
         return done
-    result: dict[str, Any] = {
-        "quant": quant.method,
-        "bits": cfg.bits,
-        "w_bits": quant.w_bits,
-        "a_bits": quant.a_bits,
-        "observer": quant.observer,
-        "granularity": quant.granularity,
-        "first_last_bits": quant.get("first_last_bits"),
-        "flow": quant.get("flow"),
-        "recovery": recovery(quant),
-        "average_bits": quant.get("average_bits"),
-        "shared_activations": quant.get("shared_activations") or None,  # None: a grid per reader, as before
-        "weight_grid": weight_grid(quant),
-        "export": cfg.get("export"),
-        "status": "failed",
-        "reason": "",
-        "user_error": False,  # True: the reason is the user's input (a QexpError), not a fault
-        "top1": None,
-        "fp32_top1": None,
-        "size_bytes": None,
-        "fp32_size_bytes": None,
-        "calib_images": 0,
-        "seconds": None,
-        "checkpoint": portable_path(checkpoint),
-        "data": cfg.data.get("label") or cfg.data.source,  # known even when nothing is evaluated
-    }
-    if quant.method == "none":
-        result.update(bits=32, observer="none")
+    result = new_result(cfg, checkpoint)
     try:
-        check_supported(quant)
+        check_supported(cfg.quant)
         check_export(cfg.get("export"))
-        model, meta, datamodule = load_trained(cfg, checkpoint)
-        test = datamodule.splits["test"]
-        result["checkpoint_test_top1"] = meta.get("test_top1")
-        batch_size = datamodule.eval_batch_size
-
-        def float_top1(split: Split) -> float:
-            return top1(model, split, normalize, batch_size)
-
-        def measured_once(split: Split, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-            """The float model's fields on ``split``, measured once per checkpoint and split (``cached_reference``)."""
-            return cached_reference(Path(cfg.cache_dir), checkpoint, split, batch_size, measure)
-
-        result.update(
-            measured_once(test, lambda: {"fp32_top1": float_top1(test), "fp32_size_bytes": serialized_bytes(model)})
-        )
-        # Measured before quantizing, on the float model: the second test set and the validation split
-        # (the 5 000 training images the checkpoint never saw, on which settings are chosen; never test).
-        extra_test, val = datamodule.splits.get("extra_test"), datamodule.splits.get("val")
-        if extra_test is not None:
-            result.update(measured_once(extra_test, lambda: {"extra_test_fp32_top1": float_top1(extra_test)}))
-        if val is not None:
-            result.update(measured_once(val, lambda: {"fp32_val_top1": float_top1(val)}))
-        # QAT checkpoints into a folder of its own cell (same config and checkpoint), so re-running the cell
-        # continues it and another cell in the same directory never resumes from it; redo=true starts afresh.
-        workdir = Path(cfg.output_dir) / "qat" / key[:16]
-        quantized = quantize(model, quant, datamodule, workdir=workdir, resume=not cfg.redo, checkpoint_meta=meta)
-        if not quantized.observed:
-            result["observer"] = "none"  # a cast, nothing is observed: one cell whatever the observer
-        logits = predict(quantized.model, test, normalize, batch_size)
-        result.update(test_fields(logits, test))
-        if val is not None:
-            result.update(val_top1=top1(quantized.model, val, normalize, batch_size), val_images=len(val))
-        if extra_test is not None:
-            extra_top1, extra_stderr = top1_with_error(quantized.model, extra_test, normalize, batch_size)
-            result.update(
-                extra_test_top1=extra_top1, extra_test_stderr=extra_stderr, extra_test_label=datamodule.extra_test_label
-            )
-        result.update(quantized.extra or {})
-        result.update(
-            reason=quantized.note,
-            size_bytes=quantized.size_bytes,
-            payload_bytes=payload_bytes(quantized.model),
-            calib_images=quantized.calib_images,
-            layer_bits=layer_bits(quantized.model),
-        )
-        result["seconds"] = round(time.perf_counter() - start, 2)  # the cell's own work, not an export's
-        if cfg.get("export"):  # last: an export that fails fails the cell, so a re-run does it again
-            result.update(export_fields(quant.method, quantized.model, model, test, logits, Path(cfg.output_dir)))
-        result["status"] = "ok"
+        measure(result, cfg, checkpoint, key, start)
+        result.status = "ok"
     except Unsupported as error:
-        result.update(status="unsupported", reason=str(error))
+        result.status, result.reason = "unsupported", str(error)
     except QexpError as error:  # the user's input: the message says all, a traceback would be noise
-        result.update(reason=str(error), user_error=True)
+        result.reason, result.user_error = str(error), True
     except Exception as error:  # a fault of qexp or a library, a plain ValueError included: keep the trace
-        result["reason"] = f"{type(error).__name__}: {error}"
+        result.reason = f"{type(error).__name__}: {error}"
         log.error("cell failed:\n%s", traceback.format_exc())
-    if result["seconds"] is None:  # a cell that did not finish: the time until it stopped
-        result["seconds"] = round(time.perf_counter() - start, 2)
-    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    result.update(
-        cell_key=key,
-        config=portable_config(cfg),
-        git=git_commit(),
-        versions=versions(),
-        hardware=hardware(),
-        threads=torch.get_num_threads(),
+    if result.seconds is ABSENT:  # a cell that did not finish: the time until it stopped
+        result.seconds = round(time.perf_counter() - start, 2)
+    result.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result.cell_key, result.config, result.git = key, portable_config(cfg), git_commit()
+    result.versions, result.hardware, result.threads = versions(), hardware(), torch.get_num_threads()
+    written = result.to_dict()
+    write_result(path, written)
+    return written
+
+
+def new_result(cfg: DictConfig, checkpoint: Path) -> Result:
+    """What the cell is, from its config, before any work: status ``failed`` until it has been measured."""
+    quant = cfg.quant
+    none = quant.method == "none"
+    return Result(
+        quant=quant.method,
+        bits=32 if none else cfg.bits,
+        w_bits=quant.w_bits,
+        a_bits=quant.a_bits,
+        observer="none" if none else quant.observer,
+        granularity=quant.granularity,
+        first_last_bits=quant.get("first_last_bits"),
+        flow=quant.get("flow"),
+        recovery=recovery(quant),
+        average_bits=quant.get("average_bits"),
+        shared_activations=quant.get("shared_activations") or None,  # None: a grid per reader, as before
+        weight_grid=weight_grid(quant),
+        export=cfg.get("export"),
+        checkpoint=portable_path(checkpoint),
+        data=cfg.data.get("label") or cfg.data.source,  # known even when nothing is evaluated
     )
-    write_result(path, result)
-    return result
 
 
-def test_fields(logits: torch.Tensor, test: Split) -> dict[str, Any]:
-    """Top-1 on ``test`` and which images were right (``test_correct``): two cells can be compared image by image."""
-    return {
-        "top1": accuracy(logits, test.labels),
-        "test_images": len(test),
-        "test_correct": pack_correct(logits.argmax(dim=1) == test.labels),
-    }
+def measure(result: Result, cfg: DictConfig, checkpoint: Path, key: str, start: float) -> None:
+    """Fill ``result`` with what the cell measures: load, the float model's figures, quantize, evaluate, export.
+
+    ``start`` is when the cell began: ``seconds`` is its own work, taken before an export's.
+    """
+    model, meta, datamodule = load_trained(cfg, checkpoint)
+    test = datamodule.splits["test"]
+    result.checkpoint_test_top1 = meta.get("test_top1")
+    batch_size = datamodule.eval_batch_size
+
+    def evaluated(network: nn.Module, split: Split) -> Predictions:
+        return classify(network, split, normalize, batch_size)
+
+    def measured_once(split: Split, measure_fields: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The float model's fields on ``split``, measured once per checkpoint and split (``cached_reference``)."""
+        return cached_reference(Path(cfg.cache_dir), checkpoint, split, batch_size, measure_fields)
+
+    def float_top1(split: Split, name: str) -> float:
+        return measured_once(split, lambda: {name: evaluated(model, split).top1})[name]
+
+    reference = measured_once(
+        test, lambda: {"fp32_top1": evaluated(model, test).top1, "fp32_size_bytes": serialized_bytes(model)}
+    )
+    result.fp32_top1, result.fp32_size_bytes = reference["fp32_top1"], reference["fp32_size_bytes"]
+    # Measured before quantizing, on the float model: the second test set and the validation split
+    # (the 5 000 training images the checkpoint never saw, on which settings are chosen; never test).
+    extra_test, val = datamodule.splits.get("extra_test"), datamodule.splits.get("val")
+    if extra_test is not None:
+        result.extra_test_fp32_top1 = float_top1(extra_test, "extra_test_fp32_top1")
+    if val is not None:
+        result.fp32_val_top1 = float_top1(val, "fp32_val_top1")
+    # QAT checkpoints into a folder of its own cell (same config and checkpoint), so re-running the cell
+    # continues it and another cell in the same directory never resumes from it; redo=true starts afresh.
+    workdir = Path(cfg.output_dir) / "qat" / key[:16]
+    quantized = quantize(model, cfg.quant, datamodule, workdir=workdir, resume=not cfg.redo, checkpoint_meta=meta)
+    if not quantized.observed:
+        result.observer = "none"  # a cast, nothing is observed: one cell whatever the observer
+    on_test = evaluated(quantized.model, test)
+    result.top1, result.test_images, result.test_correct = on_test.top1, on_test.images, on_test.correct()
+    if val is not None:
+        result.val_top1, result.val_images = evaluated(quantized.model, val).top1, len(val)
+    if extra_test is not None:
+        on_extra = evaluated(quantized.model, extra_test)
+        result.extra_test_top1, result.extra_test_stderr = on_extra.top1, on_extra.stderr
+        result.extra_test_label = datamodule.extra_test_label
+    result.method_fields = quantized.method_fields or ABSENT
+    result.reason, result.size_bytes, result.calib_images = quantized.note, quantized.size_bytes, quantized.calib_images
+    result.payload_bytes, result.layer_bits = payload_bytes(quantized.model), layer_bits(quantized.model)
+    result.seconds = round(time.perf_counter() - start, 2)  # the cell's own work, not an export's
+    if cfg.get("export"):  # last: an export that fails fails the cell, so a re-run does it again
+        result.onnx = export_fields(cfg.quant.method, quantized.model, model, test, on_test, Path(cfg.output_dir))
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from qexp.evaluate import standard_error, unpack_correct
 from qexp.models import resnet20
 from qexp.quant import quantize
 from qexp.quantize import run
+from qexp.result import schema
 from qexp.weights import checkpoint_path, load_trained, save_weights
 from tests.conftest import compose_config, recount_top1, run_module
 
@@ -34,6 +35,7 @@ def test_design_card_sweep_runs_through_the_real_entry_point(tmp_path: Path, wei
     cells = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/result.json"))]
     assert len(cells) == 8
     assert all(cell.keys() >= FIELDS for cell in cells)
+    assert all(list(cell) == [name for name in schema() if name in cell] for cell in cells)  # the record's, in order
     status = {(c["quant"], c["bits"], c["observer"]): c["status"] for c in cells}
     assert status[("custom_ptq", 2, "minmax")] == status[("custom_ptq", 8, "percentile")] == "ok"
     assert status[("torch_ptq", 8, "minmax")] == "ok"

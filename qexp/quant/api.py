@@ -20,7 +20,7 @@ from torch import nn
 
 from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import QexpError
-from qexp.evaluate import top1
+from qexp.evaluate import classify
 from qexp.quant.core.affine import check_bits
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
 from qexp.quant.custom.reconstruct import ReconstructionConfig
@@ -28,6 +28,7 @@ from qexp.quant.export.packed import integer_export, serialized_bytes
 from qexp.quant.pytorch import fx, pt2e
 from qexp.quant.pytorch.float16 import FP16_REASON, stored_float16, to_float16
 from qexp.quant.qat.finetune import QATConfig, fine_tune
+from qexp.result import Pt2eFields, QATFields
 from qexp.weights import check_held_out
 
 METHODS = ("none", "custom_ptq", "torch_ptq", "qat")
@@ -41,7 +42,7 @@ class Quantized(NamedTuple):
     size_bytes: int
     calib_images: int
     note: str
-    extra: dict[str, Any] | None = None  # method-specific fields for result.json
+    method_fields: Pt2eFields | QATFields | None = None  # what only this method measures (``qexp.result``)
     observed: bool = True  # False: nothing was observed (a cast), so the cell has no observer
 
 
@@ -111,13 +112,13 @@ def quantize_with_pt2e(model: nn.Module, quant: DictConfig, datamodule: CIFAR10D
     test = datamodule.splits["test"]
     example = normalize(test.images[: datamodule.eval_batch_size])
     lowered = pt2e.lower(converted, example)
-    extra = {
-        "export_calibrate_convert_seconds": round(prepared - start, 2),
-        "compile_seconds": round(time.perf_counter() - prepared, 2),
-        "pt2e_reference_top1": top1(pt2e.Graph(converted), test, normalize, datamodule.eval_batch_size),
-    }
+    measured = Pt2eFields(
+        export_calibrate_convert_seconds=round(prepared - start, 2),
+        compile_seconds=round(time.perf_counter() - prepared, 2),
+        pt2e_reference_top1=classify(pt2e.Graph(converted), test, normalize, datamodule.eval_batch_size).top1,
+    )
     note = "pt2e static int8 (X86InductorQuantizer), lowered by torch.compile with freezing"
-    return Quantized(lowered, serialized_bytes(pt2e.used_state(converted)), images, note, extra)
+    return Quantized(lowered, serialized_bytes(pt2e.used_state(converted)), images, note, measured)
 
 
 def quantize_with_qat(
@@ -133,17 +134,17 @@ def quantize_with_qat(
     check_held_out(checkpoint_meta, datamodule)  # load_trained checks it too; callers of this API may not use it
     start, images = quantize_model(model, ptq_config(quant), datamodule.calibration_batches(torch.device("cpu")))
     run = fine_tune(start, model, datamodule, config, quant.trainer, workdir, resume)
-    extra = {
-        "qat_epochs": run.epochs,
-        "qat_seconds": run.seconds,
-        "qat_chosen_epoch": run.chosen_epoch,
-        "qat_val_top1": run.chosen_val_top1,
-        "qat_val_history": run.val_top1,
-    }
+    measured = QATFields(
+        qat_epochs=run.epochs,
+        qat_seconds=run.seconds,
+        qat_chosen_epoch=run.chosen_epoch,
+        qat_val_top1=run.chosen_val_top1,
+        qat_val_history=run.val_top1,
+    )
     chosen = "no validation split: last epoch" if run.chosen_val_top1 is None else "best on validation"
     chosen = f"epoch {run.chosen_epoch} ({chosen})"
     note = f"QAT from our PTQ, {run.epochs} epochs distilled from FP32, {chosen}"
-    return Quantized(run.model, serialized_bytes(integer_export(run.model)), images, note, extra)
+    return Quantized(run.model, serialized_bytes(integer_export(run.model)), images, note, measured)
 
 
 def qat_config(quant: DictConfig) -> QATConfig:
