@@ -1,7 +1,6 @@
-"""QAT (quant=qat): LSQ's straight-through gradients, a training step, the entry point, the report, bad input."""
+"""QAT (quant=qat): learned step sizes in a model, a training step, the entry point, the report, bad input."""
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,10 @@ import torch
 from qexp.errors import QexpError
 from qexp.evaluate import unpack_correct
 from qexp.module import Classifier
-from qexp.quant.core.modules import FakeQuantize, Mode, QuantLayer, quantizers
-from qexp.quant.core.observers import OBSERVERS
+from qexp.quant.core.lsq import LearnedStepQuantizer, freeze_step_sizes, learn_step_sizes
+from qexp.quant.core.modules import Mode, QuantLayer, quantizers
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
 from qexp.quant.qat.finetune import QATConfig, ValidationHistory
-from qexp.quant.qat.lsq import LearnedStepQuantizer, freeze_step_sizes, learn_step_sizes
 from qexp.quantize import run
 from qexp.report import report
 from qexp.weights import save_weights
@@ -23,36 +21,6 @@ from tests.test_ptq import batches, tiny_resnet
 
 # A QAT cell small enough for a test: 3 steps of 64 synthetic images per epoch.
 SHORT = ["data=synthetic", "quant=qat", "quant.batch_size=64", "quant.trainer.limit_train_batches=3"]
-
-
-def frozen_quantizer(scale: float, zero_point: float) -> FakeQuantize:
-    quantizer = FakeQuantize(OBSERVERS["minmax"](2, symmetric=False))  # the grid [0, 3]
-    quantizer.scale.fill_(scale)
-    quantizer.zero_point.fill_(zero_point)
-    quantizer.mode = Mode.QUANTIZE
-    return quantizer
-
-
-def test_lsq_gradients_are_straight_through_with_the_lsq_scale():
-    stand_in = LearnedStepQuantizer(frozen_quantizer(0.5, 1.0), per_image=True)
-    x = torch.tensor([[-2.0, 0.2, 0.7, 3.0]], requires_grad=True)  # below the grid, two inside, above it
-    out = stand_in(x)
-    assert out.tolist() == [[-0.5, 0.0, 0.5, 1.0]]  # (clamp(round(x / s) + z, 0, 3) - z) * s
-    out.sum().backward()
-    assert x.grad.tolist() == [[0.0, 1.0, 1.0, 0.0]]  # straight through inside the range, nothing where clamped
-    # d/ds: qmin - z below, round(x/s) - x/s inside, qmax - z above; times g = 1 / sqrt(4 values * qmax 3)
-    expected = ((0 - 1) + (0 - 0.4) + (1 - 1.4) + (3 - 1)) / math.sqrt(4 * 3)
-    assert stand_in.scale.grad.item() == pytest.approx(expected)
-
-
-def test_lsq_output_matches_the_frozen_quantizer_under_bf16_autocast():
-    quantizer = frozen_quantizer(0.05, 0.0)
-    stand_in = LearnedStepQuantizer(quantizer, per_image=True)
-    x = torch.rand(4, 8, generator=torch.Generator().manual_seed(0)).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = stand_in(x)
-    assert out.dtype == torch.float32  # the quantizer computes in float32 whatever autocast does
-    assert torch.equal(out, quantizer(x.float()))
 
 
 def test_gradients_reach_every_weight_and_step_size_and_scales_are_written_back():

@@ -10,34 +10,21 @@ from qexp.models.resnet import Add, BasicBlock
 from qexp.quant.core.affine import fake_quantize
 from qexp.quant.core.capture import keep_input, keep_output, record
 from qexp.quant.core.fold import fold_batchnorm
+from qexp.quant.core.lsq import LearnedStepQuantizer
 from qexp.quant.core.modules import FakeQuantize, QuantAdd, QuantLayer, shared_grids
 from qexp.quant.custom import reconstruct as reconstruction
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
+from qexp.quant.custom.qdrop import QDrop
 from qexp.quant.custom.reconstruct import (
-    LearnedStepActivation,
     ReconstructionConfig,
-    annealed_beta,
     calibration_split,
-    initial_logits,
     input_grid,
     output_error,
     output_grids,
-    qdrop_mask,
     reconstruct,
-    rectified_sigmoid,
-    rounding_regularizer,
     units,
 )
 from tests.test_ptq import batches, output_errors, tiny_resnet
-
-
-def test_adaround_helpers():
-    remainder = torch.tensor([0.0, 0.25, 0.5, 0.9])
-    torch.testing.assert_close(rectified_sigmoid(initial_logits(remainder)), remainder)
-    h = torch.tensor([0.0, 1.0, 0.5])
-    assert float(rounding_regularizer(h, 2.0)) == pytest.approx(1.0)
-    assert annealed_beta(10, 100, 0.2) is None
-    assert annealed_beta(20, 100, 0.2) == 20.0 and annealed_beta(100, 100, 0.2) == pytest.approx(2.0)
 
 
 def test_units_are_blocks_plus_the_layers_outside_them():
@@ -109,9 +96,10 @@ def test_learned_step_sizes_are_written_back_and_qdrop_only_acts_while_fitting()
     learned, _ = quantize_model(model, config, batches(1))
     before, after = (m.layer1[0].conv2.input_quantizer.scale for m in (rtn, learned))
     assert not torch.allclose(before, after)
-    stand_in = LearnedStepActivation(rtn.layer1[0].conv2.input_quantizer, 0.9, torch.Generator()).eval()
+    quantizer = rtn.layer1[0].conv2.input_quantizer
+    stand_in = QDrop(LearnedStepQuantizer(quantizer, True, gradient_scale=False), 0.9, torch.Generator()).eval()
     x = torch.rand(4, 16, 8, 8)
-    expected = fake_quantize(x, before, stand_in.zero_point, stand_in.qmin, stand_in.qmax)
+    expected = fake_quantize(x, before, quantizer.zero_point, quantizer.qmin, quantizer.qmax)
     assert torch.equal(stand_in(x), expected)
     assert not torch.equal(stand_in.train()(x), expected)
 
@@ -255,25 +243,6 @@ def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
     )
-
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_qdrop_masks_repeat_with_the_seed_on_the_tensors_device(device):
-    x = torch.zeros(4, 8, 6, 6, device=device)
-
-    def masks(seed: int) -> list[torch.Tensor]:
-        generator = torch.Generator(device).manual_seed(seed)
-        quantizer = PTQConfig(4, 4).make_quantizer(4).to(device)  # unfrozen: scale 1, zero point 0, grid 0..15
-        stand_in = LearnedStepActivation(quantizer, 0.5, generator).train()
-        return [qdrop_mask(x, 0.5, generator), stand_in(x - 1) == x - 1]  # -1 is off the grid: kept where dropped
-
-    first, again, other = masks(0), masks(0), masks(1)
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not torch.equal(first[0], other[0]) and not torch.equal(first[0], first[1])  # the stream moves on
-    assert first[0].device.type == device and 0.4 < float(first[0].float().mean()) < 0.6
 
 
 def test_reconstruction_repeats_and_leaves_the_callers_random_state_alone():

@@ -1,1 +1,1 @@
-"""The quantizer maths every method builds on: grids, observers, BatchNorm folding, fake-quantized modules."""
+"""The quantizer maths every method builds on: grids, observers, BatchNorm folding, fake-quantized modules, learned step sizes."""

@@ -1,13 +1,10 @@
 """Learned rounding: AdaRound per layer, or per residual block in the style of BRECQ and QDrop.
 
-Round-to-nearest picks each weight's integer on its own, but what the network needs is a good
-*output*. AdaRound (Nagel et al. 2020) keeps the grid of round-to-nearest and learns, for every
-weight, whether to round down or up: ``q = clamp(floor(w / s) + h(v), qmin, qmax)`` with
-``h(v) = clamp(sigmoid(v) (zeta - gamma) + gamma, 0, 1)`` started at the fractional part of
-``w / s``. It minimises the squared error of a unit's output on the calibration images (summed
-over channels, averaged over images and positions, as BRECQ's code does) plus a regulariser
-``lambda sum(1 - |2 h - 1|^beta)`` whose ``beta`` is annealed from 20 to 2 so that every ``h``
-ends at 0 or 1; the rounding is then made hard.
+AdaRound (Nagel et al. 2020, ``adaround.py``) keeps the grid of round-to-nearest and learns, for
+every weight, whether to round down or up. Here the rounding of a unit's layers is fitted to the
+squared error of the unit's output on the calibration images (summed over channels, averaged over
+images and positions, as BRECQ's code does) plus AdaRound's regulariser, whose ``beta`` is annealed
+so that every rounding variable ends at 0 or 1; the rounding is then made hard.
 
 The unit decides what error is minimised:
 
@@ -21,15 +18,16 @@ The unit decides what error is minimised:
 A unit's input comes from the quantized model with every earlier unit already reconstructed,
 so later units learn to absorb earlier errors; its target is the float model's output. Two
 further options follow QDrop (Wei et al. 2022), which fits them jointly with the rounding:
-the activation quantizers inside the unit learn their step size (``scale_lr > 0``: the LSQ
-gradient, zero point fixed; BRECQ instead learns step sizes in a second pass) and, while
-fitting, each activation value skips quantization with probability ``drop`` and each value of
-the unit's input is taken from the float model with the same probability, which flattens the
-loss surface the rounding is fitted to. The masks come from a generator on the tensors' device
-seeded with ``seed``, so a run repeats on CPU and GPU alike. Only calibration images (training
-data) are used: the last ``held_out`` fraction of them is never fitted, and each unit's errors
-before and after are measured on those images, so that they show what the rounding does on
-images it was not fitted to (with ``held_out=0`` they are in-sample).
+the activation quantizers inside the unit learn their step size (``scale_lr > 0``: the
+``LearnedStepQuantizer`` of ``core/lsq.py`` that QAT trains too, zero point fixed; BRECQ instead
+learns step sizes in a second pass) and, while fitting, each activation value skips quantization
+with probability ``drop`` (``qdrop.py``) and each value of the unit's input is taken from the
+float model with the same probability, which flattens the loss surface the rounding is fitted to.
+The masks come from a generator on the tensors' device seeded with ``seed``, so a run repeats on
+CPU and GPU alike. Only calibration images (training data) are used: the last ``held_out``
+fraction of them is never fitted, and each unit's errors before and after are measured on those
+images, so that they show what the rounding does on images it was not fitted to (with
+``held_out=0`` they are in-sample).
 
 With shared activations (``QuantOutput``/``SharedGrid``) a tensor's one quantizer sits at its
 producer, which may lie outside the unit that reads the tensor or inside the unit before it. A
@@ -53,8 +51,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from qexp.errors import QexpError
-from qexp.quant.core.affine import MIN_SCALE, along, fake_quantize
 from qexp.quant.core.capture import keep_input, keep_output, record
+from qexp.quant.core.lsq import LearnedStepQuantizer
 from qexp.quant.core.modules import (
     FakeQuantize,
     Mode,
@@ -65,83 +63,12 @@ from qexp.quant.core.modules import (
     swap_module,
 )
 from qexp.quant.core.patterns import find_patterns
+from qexp.quant.custom.adaround import AdaRoundWeight, annealed_beta, rounding_regularizer
+from qexp.quant.custom.qdrop import QDrop, qdrop_mask
 
 log = logging.getLogger(__name__)
 
-ZETA, GAMMA = 1.1, -0.1
 UNITS = ("layer", "block")
-
-
-def rectified_sigmoid(logits: Tensor) -> Tensor:
-    """AdaRound's ``h(v)``: a sigmoid stretched to ``(gamma, zeta)`` and clipped to ``[0, 1]``."""
-    return torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0, 1)
-
-
-def initial_logits(remainder: Tensor) -> Tensor:
-    """The ``v`` with ``h(v) = remainder`` (``0 <= remainder < 1``): training starts at the real weight."""
-    return -torch.log((ZETA - GAMMA) / (remainder - GAMMA) - 1)
-
-
-def rounding_regularizer(h: Tensor, beta: float) -> Tensor:
-    """``sum(1 - |2 h - 1|^beta)``: zero when every ``h`` is 0 or 1, largest at 1/2."""
-    return (1 - (2 * h - 1).abs().pow(beta)).sum()
-
-
-def annealed_beta(step: int, steps: int, warmup: float, start: float = 20.0, end: float = 2.0) -> float | None:
-    """``beta`` at ``step``: None during the warm-up (no regularisation yet), then linear from ``start`` to ``end``."""
-    begin = warmup * steps
-    if step < begin:
-        return None
-    return start + (end - start) * (step - begin) / max(steps - begin, 1)
-
-
-class AdaRoundWeight(nn.Module):
-    """Stands in for a frozen weight quantizer while the rounding of that weight is learned."""
-
-    def __init__(self, quantizer: FakeQuantize, weight: Tensor) -> None:
-        super().__init__()
-        axis = quantizer.observer.axis
-        self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
-        self.register_buffer("scale", along(quantizer.scale, weight, axis).detach())
-        self.register_buffer("zero_point", along(quantizer.zero_point, weight, axis).detach())
-        scaled = weight.detach() / self.scale
-        self.register_buffer("floor", scaled.floor())
-        self.logits = nn.Parameter(initial_logits(scaled - self.floor))
-        self.hard = False
-
-    def rounding(self) -> Tensor:
-        return (self.logits >= 0).float() if self.hard else rectified_sigmoid(self.logits)
-
-    def forward(self, weight: Tensor) -> Tensor:  # the weight itself is fixed: only the rounding changes
-        q = torch.clamp(self.floor + self.rounding() + self.zero_point, self.qmin, self.qmax)
-        return (q - self.zero_point) * self.scale
-
-
-def qdrop_mask(like: Tensor, drop: float, generator: torch.Generator) -> Tensor:
-    """True where a value of ``like`` is kept float, with probability ``drop``; shaped like it, on its device.
-
-    ``generator`` must live on ``like``'s device: masks then depend on its seed alone, on CPU
-    and GPU alike, and the caller's random state is left as it was.
-    """
-    return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype) < drop
-
-
-class LearnedStepActivation(nn.Module):
-    """Stands in for a frozen activation quantizer: learnable step size, and QDrop (``qdrop_mask``) while training."""
-
-    def __init__(self, quantizer: FakeQuantize, drop: float, generator: torch.Generator) -> None:
-        super().__init__()
-        self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
-        self.scale = nn.Parameter(quantizer.scale.detach().clone())
-        self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
-        self.drop = drop
-        self.generator = generator
-
-    def forward(self, x: Tensor) -> Tensor:
-        quantized = fake_quantize(x, self.scale.clamp(min=MIN_SCALE), self.zero_point, self.qmin, self.qmax)
-        if self.training and self.drop > 0:
-            return torch.where(qdrop_mask(x, self.drop, self.generator), x, quantized)
-        return quantized
 
 
 @dataclass(frozen=True)
@@ -362,14 +289,17 @@ def reconstruct_unit(
         before = _error(fitted, inputs[measured], targets[measured])
         layers = {name: m for name, m in fitted.named_modules() if isinstance(m, QuantLayer)}
         rounding = {name: AdaRoundWeight(layer.weight_quantizer, layer.layer.weight) for name, layer in layers.items()}
-        learned = {}  # name in ``fitted`` -> stand-in of the activation quantizer there
+        learned = {}  # name in ``fitted`` -> learned-step stand-in of the activation quantizer there
         if config.scale_lr > 0 or config.drop > 0:
+            # Without LSQ's gradient scale: Adam divides a constant factor out (up to its epsilon),
+            # and leaving it out keeps the committed reconstruction cells reproducible bit for bit.
             for name, quantizer in quantizers(fitted, "activation").items():
                 if id(quantizer) not in not_learned:
-                    learned[name] = LearnedStepActivation(quantizer, config.drop, masks)
+                    learned[name] = LearnedStepQuantizer(quantizer, per_image=True, gradient_scale=False)
         stand_ins = {_child(name, "weight_quantizer"): adaround for name, adaround in rounding.items()}
-        originals = {name: fitted.get_submodule(name) for name in learned}
-        with standing_in(fitted, {**stand_ins, **learned}):
+        for name, stand_in in learned.items():
+            stand_ins[name] = QDrop(stand_in, config.drop, masks) if config.drop > 0 else stand_in
+        with standing_in(fitted, stand_ins):
             fitted.train()
             inputs_to_mix = float_inputs[fit] if config.drop > 0 else None
             scales = [stand_in.scale for stand_in in learned.values()]
@@ -379,8 +309,8 @@ def reconstruct_unit(
                 for name, adaround in rounding.items():
                     adaround.hard = True
                     layers[name].layer.weight.copy_(adaround(layers[name].layer.weight))
-                for name, stand_in in learned.items():
-                    originals[name].scale.copy_(stand_in.scale.clamp(min=MIN_SCALE))
+            for stand_in in learned.values():
+                stand_in.write_back()
         return before, _error(fitted, inputs[measured], targets[measured])
 
 

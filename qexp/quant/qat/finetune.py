@@ -1,7 +1,7 @@
 """Quantization-aware training on the training stack: the Classifier distils the quantized model from the FP32 one.
 
 ``fine_tune`` hands a frozen PTQ model, its quantizers swapped for learned-step stand-ins
-(``lsq.py``), to the same ``Classifier`` that trains the float networks, with the FP32 model as
+(``core/lsq.py``), to the same ``Classifier`` that trains the float networks, with the FP32 model as
 its teacher: the Classifier sees an ``nn.Module`` and knows nothing of quantization. Lightning
 checkpoints every epoch into the cell's directory and a run started again resumes from there;
 the epoch with the best validation top-1 is the one returned, so the test split is only read
@@ -27,7 +27,7 @@ from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
 from qexp.fit import fit_resumably
 from qexp.module import Classifier
-from qexp.quant.qat.lsq import freeze_step_sizes, learn_step_sizes
+from qexp.quant.core.lsq import freeze_step_sizes, learn_step_sizes
 
 
 @dataclass(frozen=True)

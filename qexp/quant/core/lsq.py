@@ -1,19 +1,28 @@
-"""Learned step sizes (LSQ): trainable scales with LSQ's gradient scale and straight-through rounding.
+"""Learned step sizes (LSQ): the one quantizer with a trainable scale, used by QAT and by reconstruction.
 
-Esser et al. (2020): a quantizer's step size ``s`` is a parameter trained with the weights. The
+Esser et al. (2020): a quantizer's step size ``s`` is a parameter trained with the rest. The
 forward pass is the frozen quantizer's, ``x_hat = (clamp(round(x / s) + z, qmin, qmax) - z) * s``;
 the rounding is straight-through, so a value inside the grid's range passes its gradient on
 unchanged and a clamped one passes none, and ``s`` gets ``round(x / s) - x / s`` from a value
 inside the range and ``qmin - z`` or ``qmax - z`` from a clamped one. Because one ``s`` collects
-that from every value it quantizes, its gradient is multiplied by ``g = 1 / sqrt(N * qmax)``
+that from every value it quantizes, LSQ multiplies its gradient by ``g = 1 / sqrt(N * qmax)``
 (``N`` values share it), which puts step sizes and weights on the same footing for one learning
 rate. Zero points stay where calibration put them (the real 0 stays on the grid).
 
-The stand-ins replace a frozen model's ``FakeQuantize`` modules while it trains and give them
-back with the learned scales afterwards, so the trained model is the same kind of model as our
-PTQ's: the integer export, the payload count and the evaluation read it unchanged. A shared
-activation quantizer (``quant.shared_activations``) is one module, at its producer, so it gets one
-stand-in and its tensor one learned step size, which every reader's ``SharedGrid`` refers to.
+``LearnedStepQuantizer`` stands in for a frozen ``FakeQuantize`` while something trains and gives
+it back with the learned scale afterwards (``write_back``), so the trained model is the same kind
+of model as our PTQ's: the integer export, the payload count and the evaluation read it unchanged.
+Its two users:
+
+* QAT (``qat/finetune.py``) swaps every quantizer of a frozen model for one (``learn_step_sizes``)
+  and trains the step sizes with the weights by SGD, with LSQ's gradient scale;
+* reconstruction (``custom/reconstruct.py``) swaps the activation quantizers of one unit and fits
+  their step sizes with Adam, optionally inside QDrop (``custom/qdrop.py``), without the gradient
+  scale (``gradient_scale=False``): Adam divides each step by the root mean square of the
+  gradients, so a constant factor on them changes its steps only through its epsilon.
+
+A shared activation quantizer (``quant.shared_activations``) is one module, at its producer, so it
+gets one stand-in and its tensor one learned step size, which every reader's ``SharedGrid`` refers to.
 """
 
 from __future__ import annotations
@@ -39,18 +48,21 @@ def gradient_factor(values_per_scale: int, qmax: int) -> float:
 
 
 class LearnedStepQuantizer(nn.Module):
-    """Stands in for a frozen ``FakeQuantize`` during QAT: same grid, a trainable scale, a fixed zero point.
+    """Stands in for a frozen ``FakeQuantize``: same grid, a trainable scale, a fixed zero point.
 
     ``per_image``: the quantizer sees activations whose first dimension is the batch, so ``N`` is
     the number of values of one image (LSQ's features per layer); for a weight ``N`` is the number
-    of values that share a scale (a channel, or the whole tensor).
+    of values that share a scale (a channel, or the whole tensor). ``gradient_scale=False`` leaves
+    the scale's gradient as it is (for an optimiser that normalises it anyway, see the module
+    docstring); the forward pass is the same either way, up to an ulp of the scale.
     """
 
-    def __init__(self, quantizer: FakeQuantize, per_image: bool) -> None:
+    def __init__(self, quantizer: FakeQuantize, per_image: bool, gradient_scale: bool = True) -> None:
         super().__init__()
         self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
         self.axis = quantizer.observer.axis
         self.per_image = per_image
+        self.gradient_scale = gradient_scale
         self.scale = nn.Parameter(quantizer.scale.detach().clone())
         self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
         self._frozen = (quantizer,)  # a plain tuple: not a submodule, so neither trained nor saved twice
@@ -62,8 +74,10 @@ class LearnedStepQuantizer(nn.Module):
         # only the convolutions that read its output run in bf16, whose rounding of a grid value
         # (2^-9 relative) is the error bf16 training of the float model already accepts.
         x = x.float()
-        values = x[0].numel() if self.per_image else x.numel() // self.scale.numel()
-        scale = scale_gradient(self.scale.clamp(min=MIN_SCALE), gradient_factor(values, self.qmax))
+        scale = self.scale.clamp(min=MIN_SCALE)
+        if self.gradient_scale:
+            values = x[0].numel() if self.per_image else x.numel() // self.scale.numel()
+            scale = scale_gradient(scale, gradient_factor(values, self.qmax))
         return fake_quantize(x, scale, self.zero_point, self.qmin, self.qmax, self.axis)
 
     @torch.no_grad()
@@ -74,7 +88,7 @@ class LearnedStepQuantizer(nn.Module):
         return quantizer
 
     def extra_repr(self) -> str:
-        return f"range=[{self.qmin}, {self.qmax}], axis={self.axis}"
+        return f"range=[{self.qmin}, {self.qmax}], axis={self.axis}, gradient_scale={self.gradient_scale}"
 
 
 def learn_step_sizes(model: nn.Module) -> nn.Module:
