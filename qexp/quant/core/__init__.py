@@ -1,1 +1,2 @@
-"""The quantizer maths every method builds on: grids, observers, BatchNorm folding, fake-quantized modules, learned step sizes."""
+"""The quantizer maths every method builds on: grids, observers, BatchNorm folding, fake-quantized
+modules, learned step sizes."""
