@@ -25,6 +25,7 @@ from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
 
 from qexp.quant.core.modules import QuantLayer
 from qexp.quant.export.packed import integer_export
+from qexp.quant.pytorch.float16 import Float16Model, stored_float16
 from qexp.quant.pytorch.pt2e import Graph, used_state
 
 SCALE_BITS = 32
@@ -48,7 +49,8 @@ def payload_bytes(model: nn.Module) -> int:
         return _bytes(pt2e_payload_bits(graph))
     if any(isinstance(module, WeightedQuantizedModule) for module in model.modules()):
         return _bytes(fx_payload_bits(model))
-    return _bytes(sum(8 * t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point()))
+    state = stored_float16(model) if isinstance(model, Float16Model) else model.state_dict()
+    return _bytes(sum(8 * t.numel() * t.element_size() for t in state.values() if t.is_floating_point()))
 
 
 def ours_payload_bits(model: nn.Module) -> int:

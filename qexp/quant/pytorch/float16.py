@@ -45,7 +45,7 @@ def to_float16(model: nn.Module) -> nn.Module:
     for module in simulated.modules():
         if not any(module.children()):
             module.register_forward_hook(lambda _module, _inputs, output: round_to_float16(output))
-    return _RoundInput(simulated)
+    return Float16Model(simulated)
 
 
 def as_half_model(model: nn.Module) -> nn.Module:
@@ -58,7 +58,9 @@ def stored_float16(model: nn.Module) -> dict[str, Tensor]:
     return {name: value.half() if value.is_floating_point() else value for name, value in model.state_dict().items()}
 
 
-class _RoundInput(nn.Module):
+class Float16Model(nn.Module):
+    """A model whose values are float16 numbers held in fp32 tensors (``to_float16``): the input is rounded too."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
