@@ -58,7 +58,12 @@ def test_a_one_layer_probe_with_block_units_is_fitted_to_its_block_output():
 
 @pytest.mark.parametrize(
     ("granularity", "name", "shared"),
-    [("layer", "layer2.0.conv2", False), ("block", "layer2.0", False), ("block", "layer2.0", True)],
+    [
+        ("layer", "layer2.0.conv2", False),
+        ("block", "layer2.0", False),
+        # shared grids with every recovery option are covered quickly in test_ptq.py
+        pytest.param("block", "layer2.0", True, marks=pytest.mark.slow),
+    ],
 )
 def test_learned_rounding_beats_round_to_nearest(granularity, name, shared):
     model = tiny_resnet()

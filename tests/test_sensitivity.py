@@ -19,7 +19,8 @@ from tests.test_report import fake_cell
 
 
 def test_every_layer_is_measured_alone_and_the_report_shows_it(compose_in, weights_file: Path, tmp_path: Path):
-    record = run(compose_in("sensitivity", ["data=synthetic", f"checkpoint={weights_file}", "bits=[2]"]))
+    small = "data.synthetic_sizes=[512,128]"  # 128 test images: 40 probes each score the test split
+    record = run(compose_in("sensitivity", ["data=synthetic", small, f"checkpoint={weights_file}", "bits=[2]"]))
     rows = record["rows"]
     assert len(rows) == 20 * 2
     assert rows[0]["layer"] == "conv1" and rows[-1]["layer"] == "fc"
@@ -35,7 +36,7 @@ def test_every_layer_is_measured_alone_and_the_report_shows_it(compose_in, weigh
     assert text.count("| layer1.0.conv1 |") == 1
     assert (tmp_path / "report" / "layer_sensitivity.png").is_file()
     full = tmp_path / "full"  # the full-range weight grid: columns of their own, not a rerun of the narrow ones
-    run(compose_config("sensitivity", ["data=synthetic", f"checkpoint={weights_file}", "bits=[2]",
+    run(compose_config("sensitivity", ["data=synthetic", small, f"checkpoint={weights_file}", "bits=[2]",
                                        "quant.weight_grid=full"], full))  # fmt: skip
     report([tmp_path], tmp_path / "both")
     assert "| layer | W2 | W2 full | W2A2 | W2A2 full |" in (tmp_path / "both" / "results.md").read_text()
