@@ -40,12 +40,12 @@ from qexp.quant import (
     Unsupported,
     check_supported,
     layer_bits,
+    payload_bytes,
     quantize,
     recovery,
     serialized_bytes,
     weight_grid,
 )
-from qexp.quant.export.payload import payload_bytes
 from qexp.result import ABSENT, Result
 from qexp.weights import checkpoint_path, load_trained
 

@@ -34,8 +34,16 @@ from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import exit_on_user_error
 from qexp.evaluate import accuracy, predict, sqnr_db
 from qexp.provenance import git_commit, hardware, portable_path, versions
-from qexp.quant import PTQConfig, check_bits, layer_names, ptq_config, quantize_model, recovery, weight_grid
-from qexp.quant.custom.reconstruct import units
+from qexp.quant import (
+    PTQConfig,
+    check_bits,
+    layer_names,
+    ptq_config,
+    quantize_model,
+    reconstruction_units,
+    recovery,
+    weight_grid,
+)
 from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
@@ -69,7 +77,7 @@ def reconstruction_unit(quantized: nn.Module, model: nn.Module, config: PTQConfi
     """What a one-layer probe's rounding was fitted to: the layer, its residual block, or None (round to nearest)."""
     if config.reconstruction is None:
         return None
-    (unit,) = units(quantized, model, config.reconstruction.unit)
+    (unit,) = reconstruction_units(quantized, model, config.reconstruction.unit)
     return unit
 
 

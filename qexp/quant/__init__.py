@@ -13,7 +13,9 @@ from qexp.quant.api import (
 from qexp.quant.core.affine import check_bits
 from qexp.quant.core.modules import layer_bits, layer_names
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
+from qexp.quant.custom.reconstruct import units as reconstruction_units
 from qexp.quant.export.packed import serialized_bytes
+from qexp.quant.export.payload import payload_bytes
 from qexp.quant.qat.finetune import QATConfig
 from qexp.quant.unsupported import Unsupported
 
@@ -26,10 +28,12 @@ __all__ = [
     "check_supported",
     "layer_bits",
     "layer_names",
+    "payload_bytes",
     "ptq_config",
     "qat_config",
     "quantize",
     "quantize_model",
+    "reconstruction_units",
     "recovery",
     "serialized_bytes",
     "unread_settings",
