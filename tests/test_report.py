@@ -2,9 +2,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from qexp.report import main, report
-from qexp.report.cells import collect, variant
+from qexp.report.cells import collect, merge, read_results, variant
 from qexp.report.tables import onnx_table, recovery_table, results_markdown, size_table
 
 
@@ -171,6 +172,43 @@ def test_newer_sweeps_add_their_cells_to_a_results_csv_of_the_same_checkpoint(tm
     assert main(["--from-csv", csv, str(other), "--out", str(tmp_path / "report")]) == 2
     assert "different checkpoints or test splits" in capsys.readouterr().err
     assert len(pd.read_csv(tmp_path / "report" / "results.csv")) == 3  # nothing written
+
+
+def test_merge_knows_a_cell_by_its_key_and_a_newer_run_of_its_settings_replaces_it(tmp_path: Path):
+    old, new, newer = "2026-01-01T00:00:00", "2026-01-02T00:00:00", "2026-01-03T00:00:00"
+    committed = tmp_path / "committed"
+    fake_cell(committed, "fp32", old, quant="none", w_bits=32, a_bits=32, observer="none", top1=91.0, cell_key="0" * 64)
+    fake_cell(committed, "a", old, top1=80.0, cell_key="a" * 64)
+    fake_cell(committed, "b", old, w_bits=4, a_bits=4, top1=70.0, cell_key="b" * 64)
+    fake_cell(committed, "c", old, w_bits=2, a_bits=2, first_last_bits=8, top1=30.0)  # written before cell keys
+    fake_cell(committed, "q", old, quant="qat", w_bits=4, a_bits=4, top1=85.0, cell_key="q" * 64)
+    fake_cell(committed, "x", newer, observer="mse", top1=88.0, cell_key="x" * 64, onnx_status="ok")  # exported
+    collect([committed]).to_csv(tmp_path / "results.csv", index=False)
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "a", new, top1=81.0, cell_key="a" * 64)  # the same cell run again
+    fake_cell(sweep, "c", new, w_bits=2, a_bits=2, first_last_bits=8, top1=31.0, cell_key="c" * 64)
+    fake_cell(sweep, "q", new, quant="qat", w_bits=4, a_bits=4, top1=86.0, cell_key="r" * 64)  # a newer schema
+    fake_cell(sweep, "q1", new, quant="qat", w_bits=4, a_bits=4, top1=40.0, cell_key="s" * 64)  # a 1-epoch check
+    fake_cell(sweep, "x", new, observer="mse", top1=87.0, cell_key="x" * 64)  # older than its exported twin
+    fake_cell(sweep, "b", "2025-12-31T00:00:00", w_bits=4, a_bits=4, top1=60.0, cell_key="g" * 64)  # stale
+    fake_cell(sweep, "o", new, w_bits=4, a_bits=4, top1=75.0, cell_key="o" * 64, checkpoint="other.pt")
+    merged = merge(read_results(tmp_path / "results.csv"), collect([sweep]))
+    assert sorted(zip(merged["cell_key"].str[0], merged["top1"], strict=True)) == [
+        ("0", 91.0),
+        ("a", 81.0),
+        ("b", 70.0),  # the stale sweep's run of its settings gives way to it
+        ("c", 31.0),  # replaces the keyless row of its settings, though that one read 8 bits back as 8.0
+        ("o", 75.0),  # another checkpoint file: another cell, beside b
+        ("r", 86.0),
+        ("s", 40.0),  # within one sweep, other keys stay apart (collect), and both replace q
+        ("x", 88.0),
+    ]
+    assert merged.loc[merged["cell_key"] == "x" * 64, "onnx_status"].item() == "ok"
+    again = merge(read_results(tmp_path / "results.csv"), collect([committed]))  # the committed sweep once more
+    assert sorted(again["top1"]) == sorted(collect([committed])["top1"])
+    fake_cell(sweep, "y", newer, w_bits=8, a_bits=8, observer="percentile", top1=80.0, fp32_top1=85.0)
+    with pytest.raises(ValueError, match=r"measured FP32 top-1 \[85.0, 91.0\]: they come from different checkpoints"):
+        merge(read_results(tmp_path / "results.csv"), collect([sweep]))
 
 
 def test_qat_cells_are_a_method_of_their_own_in_every_table(tmp_path: Path):

@@ -7,7 +7,8 @@ also rewrites the generated blocks of the pages given (files or folders: ``READM
 Failed and unsupported cells are shown as such.
 Running it again on the same inputs rewrites the same files.
 
-- ``cells.py``: collecting and reading cells, the selections every table and plot shares
+- ``cells.py``: collecting, reading and merging cells; what makes two rows one cell; their names
+- ``selection.py``: which cells each table and figure shows, shared by all of them
 - ``tables.py``: Markdown tables and ``results.md``
 - ``noise.py``: what one image and one standard error are worth; McNemar's test between cells
 - ``plots.py``: the figures

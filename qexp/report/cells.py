@@ -2,9 +2,9 @@
 
 Both give the same frame (one row per cell, ``None`` where a setting does not apply), so every
 table and plot can be made from either: the committed report and the README's tables are
-regenerated from the committed ``results.csv`` without the sweep directories. The selections
-here (the FP32 cell, round-to-nearest, the best observer) are shared by tables and plots, so
-both show the same cells.
+regenerated from the committed ``results.csv`` without the sweep directories. Here a row is read,
+told apart from the others (``cell_identity``), merged with newer runs (``merge``) and named
+(``variant``, ``cell_name``, ``recipe``); which rows a table shows is ``selection.py``'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ CELL = [
     "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",
     "shared_activations", "weight_grid", "data", "checkpoint",
 ]  # fmt: skip
-BITS = [16, 8, 4, 2]
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data", "weight_grid"]
 FULL_RANGE = "full-range weights"  # quant.weight_grid=full: four levels at 2 bits, one more than narrow at any width
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch", "qat": "QAT"}
@@ -45,12 +44,20 @@ def collect(directories: list[Path]) -> pd.DataFrame:
 
 
 def merge(committed: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """The cells of a ``results.csv`` and of newer sweeps together: a new cell replaces a committed one of the
-    same settings (``CELL``), whatever its content hash (older cells have none, and a result schema bump
-    changes it).
+    """The cells of a ``results.csv`` and of newer sweeps together: one row per cell, the newest winning.
+
+    A cell is its ``cell_identity``, as in ``collect``. Across the two sides a row also gives way to a
+    newer row of the same settings (``CELL``), whatever their keys: rows written before the key existed
+    have none, and the key changes with ``RESULT_SCHEMA`` and the config's layout as well as with the
+    settings, so a grid re-run by newer code would otherwise stand beside the committed rows under the
+    same labels and a table would show either. On a tie the sweep's row wins; a committed exported twin
+    newer than the sweep's plain run of it stays. Within one side, rows of the same settings under other
+    keys stay apart, as in ``collect``.
 
     Every cell must measure the same checkpoint on the same test split, or one table would mix
     models: their FP32 top-1 is the fingerprint, and cells that disagree on it are a ``ValueError``.
+    So a row only gives way to a row of its checkpoint: the path is one of the settings, and a
+    checkpoint retrained in place measures another FP32 top-1.
     """
     committed, new = _with_none_settings(committed), _with_none_settings(new)
     frame = pd.concat([committed, new], ignore_index=True)
@@ -60,29 +67,57 @@ def merge(committed: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
             f"the cells to merge measured FP32 top-1 {fp32}: they come from different checkpoints or test splits; "
             "report them apart (a new checkpoint needs its own sweeps, not the committed cells)."
         )
-    replaced = settings_key(committed).isin(set(settings_key(new)))
-    return newest_per_cell(pd.concat([committed[~replaced], new], ignore_index=True))
+    kept = [committed[~_give_way(committed, new, on_tie=True)], new[~_give_way(new, committed, on_tie=False)]]
+    return newest_per_cell(pd.concat(kept, ignore_index=True))
+
+
+def _give_way(rows: pd.DataFrame, others: pd.DataFrame, on_tie: bool) -> pd.Series:
+    """Which of ``rows`` a newer row of ``others`` with the same settings replaces (one as old: ``on_tie``).
+
+    ``finished_at`` is ISO 8601 in UTC, so its text sorts as time does; a row without one is the oldest.
+    """
+    ours = _finished(rows)
+    theirs = settings_key(rows).map(_finished(others).groupby(settings_key(others)).max()).astype(object)
+    newer = theirs.notna() & (theirs.fillna("") > ours)
+    return (newer | (theirs == ours)) if on_tie else newer
+
+
+def _finished(frame: pd.DataFrame) -> pd.Series:
+    times = frame["finished_at"].astype(object)
+    return times.where(times.notna(), "")
 
 
 def settings_key(frame: pd.DataFrame) -> pd.Series:
-    """The ``CELL`` settings of each cell as one string; 8.0 (a CSV column with blanks) reads as 8."""
+    """The ``CELL`` settings of each cell as one string; 8.0 (a CSV column with blanks) reads as 8.
+
+    Partly display text (``recovery`` and ``data`` are labels), so cells are told apart by
+    ``cell_identity``; the settings only stand in where no key can: rows written before it existed, and
+    a cell re-keyed by newer code (``merge``).
+    """
 
     def text(value: Any) -> str:
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
-    return frame[CELL].apply(lambda row: "|".join(text(value) for value in row), axis=1)
+    keys = ["|".join(text(value) for value in row) for row in frame[CELL].itertuples(index=False)]
+    return pd.Series(keys, index=frame.index, dtype=object)
+
+
+def cell_identity(frame: pd.DataFrame) -> pd.Series:
+    """What makes rows one cell: its ``cell_key`` (``cache.cell_key``, the content hash of every setting, the
+    checkpoint's bytes and the result schema), or, for a row written before the key existed, its
+    ``settings_key``. A 1-epoch QAT wiring check is not the 15-epoch cell, though the tables label both alike.
+    """
+    keys = frame["cell_key"].astype(object)
+    return keys.where(keys.notna(), settings_key(frame))
 
 
 def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell, the newest ``finished_at`` winning, sorted for reading."""
+    """One row per cell (``cell_identity``), the newest ``finished_at`` winning, sorted for reading."""
     frame = frame.reindex(columns=sorted({*CELL, "finished_at", "cell_key", *frame.columns}))
     frame = _with_none_settings(frame)
-    # A cell is its content hash when it has one (every setting, e.g. a 1-epoch QAT wiring check is
-    # not the 15-epoch cell); cells written before the hash existed are told apart by CELL.
     # An exported cell (export=onnx) has its twin's key: the newer of the two is shown, never older numbers.
-    identity = frame["cell_key"].where(frame["cell_key"].notna(), settings_key(frame))
-    frame = frame.assign(_identity=identity).sort_values("finished_at").drop_duplicates("_identity", keep="last")
-    frame = frame.drop(columns="_identity")
+    frame = frame.assign(_identity=cell_identity(frame))
+    frame = frame.sort_values("finished_at").drop_duplicates("_identity", keep="last").drop(columns="_identity")
     return frame.sort_values(["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False])
 
 
@@ -182,21 +217,6 @@ def is_float16(row: pd.Series) -> bool:
     return row["quant"] == "torch_ptq" and row["w_bits"] == 16 and row.get("flow") != "pt2e"
 
 
-def float16_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """PyTorch's float16 cells (``is_float16``)."""
-    return frame[pd.Series([is_float16(row) for _, row in frame.iterrows()], index=frame.index, dtype=bool)]
-
-
-def ok_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["status"] == "ok"]
-
-
-def fp32_cell(frame: pd.DataFrame) -> pd.Series | None:
-    """The FP32 reference cell (``quant=none``), or None when the report has none."""
-    fp32 = ok_cells(frame)[ok_cells(frame)["quant"] == "none"]
-    return fp32.iloc[0] if len(fp32) else None
-
-
 def recipe(row: pd.Series) -> str | None:
     """What a cell of our PTQ adds to round-to-nearest, as the recovery table names it; None: nothing.
 
@@ -214,108 +234,6 @@ def recipe(row: pd.Series) -> str | None:
 def recipes(frame: pd.DataFrame) -> pd.Series:
     """``recipe`` of every cell (an empty frame gives an empty series)."""
     return pd.Series([recipe(row) for _, row in frame.iterrows()], index=frame.index, dtype=object)
-
-
-def round_to_nearest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Our PTQ with nothing added: per-channel narrow weight grids, one grid per reader, no recovery, no mixed
-    or first/last widths."""
-    return frame[
-        (frame["quant"] == "custom_ptq")
-        & recipes(frame).isna()
-        & frame["first_last_bits"].isna()
-        & frame["average_bits"].isna()
-        & (frame["granularity"] == "per_channel")
-    ]
-
-
-def with_recovery(frame: pd.DataFrame) -> pd.DataFrame:
-    """Our PTQ with a recovery recipe (``recipe``), at uniform widths."""
-    return frame[
-        (frame["quant"] == "custom_ptq")
-        & recipes(frame).notna()
-        & frame["first_last_bits"].isna()
-        & frame["average_bits"].isna()
-    ]
-
-
-def recovered_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """``with_recovery`` cells that ran a recovery recipe, not only another grid: what "best recovery" means
-    at a glance (shared grids move round-to-nearest by under 0.1 point and would crowd it)."""
-    recovered = with_recovery(frame)
-    return recovered[recovered["recovery"].notna()]
-
-
-def qat_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """QAT at uniform widths (no first/last or mixed widths), whatever PTQ recipe it started from."""
-    return frame[(frame["quant"] == "qat") & frame["first_last_bits"].isna() & frame["average_bits"].isna()]
-
-
-def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tuple[str, pd.DataFrame]]]:
-    """What the recovery table and panel show: the ``(w_bits, a_bits)`` settings a recipe or QAT ran at
-    (widest first), and ``(label, ok cells)`` per observer: round-to-nearest (where it ran at one of
-    them), then each recipe and QAT (``+ QAT``, or ``+ recipe + QAT`` when QAT started from a recipe) in
-    order of its top-1 at the first setting it has. Labels name the observer only when there is more
-    than one.
-    """
-    ok = ok_cells(frame)
-    recovered = with_recovery(ok)
-    qat = qat_cells(ok)
-    settings = sorted(
-        {*zip(recovered["w_bits"], recovered["a_bits"], strict=True), *zip(qat["w_bits"], qat["a_bits"], strict=True)},
-        reverse=True,
-    )
-    observers = list(dict.fromkeys([*recovered["observer"], *qat["observer"]]))
-    baseline = round_to_nearest(ok)
-
-    def first_top1(cells: pd.DataFrame) -> float:
-        return next((cell["top1"] for s in settings if (cell := at_setting(cells, s)) is not None), float("inf"))
-
-    rows = []
-    for observer in observers:
-        prefix = f"{observer} · " if len(observers) > 1 else ""
-        ours = recovered[recovered["observer"] == observer]
-        named = recipes(ours)
-        rows_of_recipes = [(f"{prefix}+ {name}", ours[named == name]) for name in dict.fromkeys(named)]
-        tuned = qat[qat["observer"] == observer]
-        starts = recipes(tuned)
-        for start in dict.fromkeys(starts):  # None: QAT from round-to-nearest
-            label = f"{prefix}+ {start} + QAT" if start is not None else f"{prefix}+ QAT"
-            rows_of_recipes.append((label, tuned[starts.map(lambda recipe, start=start: recipe == start)]))
-        rows.append((f"{prefix}round-to-nearest", baseline[baseline["observer"] == observer]))
-        rows += sorted(rows_of_recipes, key=lambda item: first_top1(item[1]))
-    return settings, [(label, cells) for label, cells in rows if first_top1(cells) != float("inf")]
-
-
-def uniform(cells: pd.DataFrame, bits: int) -> pd.DataFrame:
-    """The cells with weights and activations at ``bits``."""
-    return cells[(cells["w_bits"] == bits) & (cells["a_bits"] == bits)]
-
-
-def at_setting(cells: pd.DataFrame, setting: tuple[int, int]) -> pd.Series | None:
-    """The first of ``cells`` with ``(w_bits, a_bits) == setting``, or None."""
-    match = cells[(cells["w_bits"] == setting[0]) & (cells["a_bits"] == setting[1])]
-    return match.iloc[0] if len(match) else None
-
-
-def pytorch_int8(frame: pd.DataFrame, flow: str) -> pd.DataFrame:
-    """PyTorch's W8A8 cells of one flow (``fx``: results written before ``flow`` existed count as FX)."""
-    torch_cells = frame[(frame["quant"] == "torch_ptq") & (frame["w_bits"] == 8) & (frame["a_bits"] == 8)]
-    is_pt2e = torch_cells["flow"] == "pt2e"
-    return torch_cells[is_pt2e if flow == "pt2e" else ~is_pt2e]
-
-
-def best(cells: pd.DataFrame) -> pd.Series | None:
-    """The ok cell with the highest top-1 (the first in report order on a tie), or None."""
-    cells = ok_cells(cells)
-    return cells.sort_values("top1", ascending=False, kind="stable").iloc[0] if len(cells) else None
-
-
-def exported_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """The cells that ran with ``export=onnx`` (their model on ONNX Runtime, or the reason it could not be)."""
-    if not has(frame, "onnx_status"):
-        return frame.iloc[:0]
-    ok = ok_cells(frame)
-    return ok[ok["onnx_status"].notna()]
 
 
 def has(frame: pd.DataFrame, column: str) -> bool:

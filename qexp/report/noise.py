@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from qexp.evaluate import standard_error, unpack_correct
-from qexp.report.cells import cell_name, fp32_cell, has, ok_cells, pytorch_int8, round_to_nearest
+from qexp.report.cells import cell_name, has
+from qexp.report.selection import fp32_cell, ok_cells, pytorch_int8, round_to_nearest
 
 SIGNIFICANCE = 0.05
 MAX_TEST_IMAGES = 1_000_000

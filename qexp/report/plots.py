@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from qexp.report.cells import (
+from qexp.report.cells import SENSITIVITY_SETTING, recipes
+from qexp.report.selection import (
     BITS,
-    SENSITIVITY_SETTING,
     at_setting,
     best,
     float16_cells,
@@ -22,14 +22,13 @@ from qexp.report.cells import (
     ok_cells,
     pytorch_int8,
     qat_cells,
-    recipes,
     recovered_cells,
     recovery_rows,
     round_to_nearest,
+    sensitivity_columns,
     uniform,
     with_recovery,
 )
-from qexp.report.tables import sensitivity_columns
 
 COLOURS = {
     "FP32": "black",

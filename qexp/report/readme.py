@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from qexp.report.cells import fp32_cell, recipes
+from qexp.report.cells import recipes
+from qexp.report.selection import fp32_cell
 from qexp.report.tables import comparison_table, glance_table, mixed_table, onnx_table, recovery_table, size_table
 
 EMPTY = "No cells of this kind in the report."

@@ -1,7 +1,8 @@
 """Markdown tables of a report's cells, and ``results.md`` assembled from them.
 
 Every table is a function of the cells alone, so ``results.md`` and the README's generated
-blocks (``readme.py``) show the same numbers. Columns for fields that later runs record
+blocks (``readme.py``) show the same numbers; which cells each shows is ``selection.py``'s, and
+here they are only laid out and written. Columns for fields that later runs record
 (``payload_bytes``, ``val_top1``, ``extra_test_top1``, ``test_correct``) appear only when some cell has them.
 """
 
@@ -11,29 +12,20 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from qexp.report.cells import (
-    BITS,
-    SENSITIVITY_SETTING,
-    at_setting,
-    best,
-    cell_name,
-    exported_cells,
-    float16_cells,
-    fp32_cell,
-    has,
-    is_float16,
-    ok_cells,
-    pytorch_int8,
-    qat_cells,
-    recipe,
-    recipes,
-    recovered_cells,
-    recovery_rows,
-    round_to_nearest,
-    uniform,
-    variant,
-)
+from qexp.report.cells import cell_name, has, is_float16, recipe, variant
 from qexp.report.noise import noise_table, versus_fp32, worth
+from qexp.report.selection import (
+    BITS,
+    at_setting,
+    exported_cells,
+    fp32_cell,
+    glance_cells,
+    ok_cells,
+    recovery_rows,
+    sensitivity_columns,
+    size_rows,
+    uniform_below,
+)
 
 
 def kib(value: float) -> str:
@@ -92,37 +84,6 @@ def comparison_table(frame: pd.DataFrame) -> str:
     return pivot(frame, lambda row: top1_text(row, fp32))
 
 
-def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
-    """The cells of the results at a glance, labelled: FP32, PyTorch's fp16 and int8, ours per width.
-
-    Ours at each width with weights and activations alike: round-to-nearest with its best
-    observer, the best recovery recipe where one was run, and the best QAT cell where one was
-    run. PyTorch int8 per flow with its best observer.
-    """
-    ok = ok_cells(frame)
-    cells = []
-    fp32 = fp32_cell(frame)
-    if fp32 is not None:
-        cells.append(("FP32", fp32))
-    cells += [("PyTorch float16 (not int16)", row) for _, row in float16_cells(ok).iterrows()]
-    for flow, name in (("fx", "FX"), ("pt2e", "pt2e")):
-        cell = best(pytorch_int8(ok, flow))
-        if cell is not None:
-            cells.append((f"PyTorch int8, {name} · {cell['observer']}", cell))
-    for bits in BITS:
-        cell = best(uniform(round_to_nearest(ok), bits))
-        if cell is not None:
-            cells.append((f"ours, round-to-nearest · {cell['observer']}", cell))
-        cell = best(uniform(recovered_cells(ok), bits))
-        if cell is not None:
-            cells.append((f"ours, {recipe(cell)} · {cell['observer']}", cell))
-        cell = best(uniform(qat_cells(ok), bits))
-        if cell is not None:
-            start = f" from {recipe(cell)}" if recipe(cell) is not None else ""
-            cells.append((f"QAT{start} · {cell['observer']}", cell))
-    return cells
-
-
 def bits_text(row: pd.Series) -> str:
     if row["quant"] == "none":
         return "fp32"
@@ -165,17 +126,6 @@ def size_table(frame: pd.DataFrame) -> str:
     fp32 = fp32_cell(frame)
     if fp32 is None:
         return ""
-    rtn = round_to_nearest(frame)
-    torch_ptq = frame[frame["quant"] == "torch_ptq"]
-    float16 = float16_cells(torch_ptq)
-    qat = qat_cells(frame)
-    rows = {
-        "ours (integer export)": rtn[rtn["w_bits"] == rtn["a_bits"]],
-        "PyTorch FX int8": torch_ptq[torch_ptq["flow"] != "pt2e"].drop(index=float16.index),
-        "PyTorch pt2e int8": torch_ptq[torch_ptq["flow"] == "pt2e"],
-        "PyTorch float16 (rounded, not int16)": float16,
-        "QAT (integer export)": qat[qat["w_bits"] == qat["a_bits"]],
-    }
 
     def text(cells: pd.DataFrame) -> str:
         ok = ok_cells(cells)
@@ -191,7 +141,7 @@ def size_table(frame: pd.DataFrame) -> str:
     if has(frame, "payload_bytes") and not pd.isna(fp32.get("payload_bytes")):
         caption += f"; payload: the numbers alone, FP32 {kib(fp32['payload_bytes'])} KiB"
     lines = [caption + "):", "", "| | " + " | ".join(f"W{b}" for b in BITS) + " |", "|" + "---|" * (len(BITS) + 1)]
-    for label, cells in rows.items():
+    for label, cells in size_rows(frame).items():
         if len(cells):
             lines.append(f"| {label} | " + " | ".join(text(cells[cells["w_bits"] == b]) for b in BITS) + " |")
     return "\n".join(lines)
@@ -279,48 +229,16 @@ def mixed_table(frame: pd.DataFrame) -> str:
         size = size_text(row) if row["status"] == "ok" else ""
         lines.append(
             f"| {label} | {row['average_bits']:g} | A{row['a_bits']} | {spread} | {top1_text(row, fp32)} | {size} "
-            f"| {_uniform_below(ok, row)} |"
+            f"| {uniform_text(uniform_below(ok, row))} |"
         )
     return "\n".join(lines)
 
 
-def _uniform_below(ok: pd.DataFrame, row: pd.Series) -> str:
-    """The uniform cell with the widest weights within ``row``'s budget, same observer, activations and recovery."""
-    widths = [bits for bits in BITS if bits <= row["average_bits"]]
-    if not widths:
+def uniform_text(cell: pd.Series | None) -> str:
+    """``W2A8 70.00, 20 KiB``: the uniform cell a mixed-precision cell is set beside; empty when there is none."""
+    if cell is None:
         return ""
-    uniform = ok[(ok["quant"] == row["quant"]) & ok["average_bits"].isna() & ok["first_last_bits"].isna()]
-    uniform = uniform[
-        (uniform["observer"] == row["observer"])
-        & (uniform["a_bits"] == row["a_bits"])
-        & (uniform["w_bits"] == widths[0])
-        & (uniform["granularity"] == row["granularity"])
-        & recipes(uniform).map(lambda name: name == recipe(row))
-    ]
-    if uniform.empty:
-        return ""
-    cell = uniform.iloc[0]
     return f"W{cell['w_bits']}A{cell['a_bits']} {cell['top1']:.2f}, {kib(cell['size_bytes'])} KiB"
-
-
-def sensitivity_columns(frame: pd.DataFrame) -> list[tuple[pd.Series, str]]:
-    """``(selector of frame rows, header)`` per column: widest first, weights alone before weights and input.
-
-    Runs that differ in observer, granularity, recovery, checkpoint, data or weight grid get columns
-    of their own; the header names what differs.
-    """
-    keys = ["bits", "a_bits", "quantized", *SENSITIVITY_SETTING]
-    columns = frame[keys].drop_duplicates().sort_values(["bits", "a_bits"], ascending=False)
-    varying = [key for key in SENSITIVITY_SETTING if frame[key].nunique() > 1]
-    result = []
-    for column in columns.itertuples(index=False):
-        selector = pd.Series(True, index=frame.index)
-        for key in keys:
-            selector &= frame[key] == getattr(column, key)
-        header = f"W{column.bits}" + ("" if column.a_bits >= 16 else f"A{column.a_bits}")
-        header += "".join(f" {value}" for key in varying if (value := getattr(column, key)))  # "" says nothing
-        result.append((selector, header))
-    return result
 
 
 def sensitivity_table(frame: pd.DataFrame) -> str:
