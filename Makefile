@@ -37,7 +37,19 @@ data/cifar10-jpeg/train:
 data/cifar10-original-test/test:
 	@if [ -f $(ORIGINAL) ]; then mkdir -p data/cifar10-original-test && tar -xzf $(ORIGINAL) -C data/cifar10-original-test; fi
 
-data: data/cifar10-jpeg/train data/cifar10-original-test/test
+# A public ResNet20 trained elsewhere (akamaster/pytorch_resnet_cifar10, on the original CIFAR-10), with the
+# side file that says how to feed it (qexp/assets/foreign/): from ../shared when it is there, else from GitHub.
+FOREIGN := data/reference-models/resnet20-12fca82f.th
+FOREIGN_SHARED := ../shared/reference-models/resnet20-12fca82f.th
+FOREIGN_URL := https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet20-12fca82f.th
+$(FOREIGN): qexp/assets/foreign/resnet20-12fca82f.th.json
+	@mkdir -p $(@D)
+	@cp $< $@.json
+	@if [ -f $(FOREIGN_SHARED) ]; then cp $(FOREIGN_SHARED) $@; \
+	elif curl -fsSL $(FOREIGN_URL) -o $@.part; then mv $@.part $@; \
+	else rm -f $@.part; echo "no $(FOREIGN): neither $(FOREIGN_SHARED) nor $(FOREIGN_URL) could be read"; fi
+
+data: data/cifar10-jpeg/train data/cifar10-original-test/test $(FOREIGN)
 
 test: venv
 	$(PY) -m pytest -m "not slow" -q
@@ -49,52 +61,48 @@ test: venv
 demo: venv data
 	$(MAKE) grid report
 
+# $(call sweep,FAMILY/NAME,ROOT): python -m qexp.quantize -m +sweep=FAMILY/NAME, the sweep conf/sweep/FAMILY/NAME.yaml
+# (docs/sweeps.md), on this machine's copy of CIFAR-10 and with ARGS and REDO on every cell. Its cells land where
+# the file says, multirun/FAMILY/NAME, unless ROOT (GRID, RECOVERY, QAT or ONNX) was moved: then in ROOT/NAME.
+moved_dir = $(if $(filter multirun/$(1),$(2)/$(notdir $(1))),, hydra.sweep.dir=$(2)/$(notdir $(1)))
+sweep = $(PY) -m qexp.quantize -m +sweep=$(1) data=$(DATA) $(CELL_ARGS)$(call moved_dir,$(1),$(2))
+
 grid:
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=none hydra.sweep.dir=$(GRID)/fp32 $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=2,4,8 observer=minmax,mse \
-		hydra.sweep.dir=$(GRID)/torch_int8 $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq bits=16 hydra.sweep.dir=$(GRID)/torch_fp16 $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=torch_ptq quant.flow=pt2e bits=8 observer=minmax,mse \
-		hydra.sweep.dir=$(GRID)/torch_pt2e $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4,8,16 observer=minmax,percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2,4 quant.a_bits=8 observer=minmax,percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom_a8 $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=4 quant.first_last_bits=8 observer=percentile,mse \
-		hydra.sweep.dir=$(GRID)/custom_fl8 $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq bits=2 quant.a_bits=8 quant.first_last_bits=8 \
-		observer=mse hydra.sweep.dir=$(GRID)/custom_a8_fl8 $(CELL_ARGS)
+	$(call sweep,grid/fp32,$(GRID))
+	$(call sweep,grid/torch_int8,$(GRID))
+	$(call sweep,grid/torch_fp16,$(GRID))
+	$(call sweep,grid/torch_pt2e,$(GRID))
+	$(call sweep,grid/custom,$(GRID))
+	$(call sweep,grid/custom_a8,$(GRID))
+	$(call sweep,grid/custom_fl8,$(GRID))
+	$(call sweep,grid/custom_a8_fl8,$(GRID))
 
 # Beyond round-to-nearest (docs/recovery.md): per-layer sensitivity, learned rounding for the
 # W4A4 and W2A4 goals (about 10 minutes a cell on the 2-core Xeon), equalization, bias
 # correction, mixed precision, W2A2, then AdaRound per layer. Results land beside the grid's and
 # in the same report.
-Q := $(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq observer=mse
 recovery: venv data
 	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS)$(VAL)
-	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq $(CELL_ARGS)
-	$(Q) bits=2 quant.a_bits=4 hydra.sweep.dir=$(RECOVERY)/w2a4 $(CELL_ARGS)
-	$(Q) bits=4 quant.equalize=false,true quant.bias_correction=false,true hydra.sweep.dir=$(RECOVERY)/cle_bias $(CELL_ARGS)
-	$(Q) bits=8 quant.average_bits=3,4 hydra.sweep.dir=$(RECOVERY)/mixed $(CELL_ARGS)
-	$(Q) bits=2 quant.reconstruct=block hydra.sweep.dir=$(RECOVERY)/brecq_a2 $(CELL_ARGS)
-	$(Q) bits=4,2 quant.a_bits=4 quant.reconstruct=layer quant.reconstruction.drop=0 \
-		quant.reconstruction.scale_lr=0 hydra.sweep.dir=$(RECOVERY)/adaround $(CELL_ARGS)
+	$(call sweep,recovery/brecq,$(RECOVERY))
+	$(call sweep,recovery/w2a4,$(RECOVERY))
+	$(call sweep,recovery/cle_bias,$(RECOVERY))
+	$(call sweep,recovery/mixed,$(RECOVERY))
+	$(call sweep,recovery/brecq_a2,$(RECOVERY))
+	$(call sweep,recovery/adaround,$(RECOVERY))
 	$(MAKE) levels report
 
 # The fourth 2-bit weight level (quant.weight_grid=full): round-to-nearest, and BRECQ fitted on all
 # 1 024 images as the committed narrow-grid BRECQ cells were (held_out=0), so the two compare.
 levels: venv data
-	$(Q) bits=2 quant.a_bits=4,2 quant.weight_grid=full hydra.sweep.dir=$(RECOVERY)/full_grid $(CELL_ARGS)
-	$(Q) bits=2 quant.a_bits=4,2 quant.weight_grid=full quant.reconstruct=block quant.reconstruction.held_out=0 \
-		hydra.sweep.dir=$(RECOVERY)/full_grid_brecq $(CELL_ARGS)
+	$(call sweep,recovery/full_grid,$(RECOVERY))
+	$(call sweep,recovery/full_grid_brecq,$(RECOVERY))
 
 # Quantization-aware training from our W4A4 and W2A4 round-to-nearest models (15 epochs, about
 # 50 minutes a cell on the 2-core Xeon; docs/qat.md), in the same report.
 QAT ?= multirun/qat
 qat: venv data
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=qat observer=mse bits=4 hydra.sweep.dir=$(QAT)/w4a4 $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=qat observer=mse bits=2 quant.a_bits=4 \
-		hydra.sweep.dir=$(QAT)/w2a4 $(CELL_ARGS)
+	$(call sweep,qat/w4a4,$(QAT))
+	$(call sweep,qat/w2a4,$(QAT))
 	$(MAKE) report
 
 # Our models as ONNX QDQ graphs on ONNX Runtime (export=onnx): FP32, round-to-nearest at every width (per-reader
@@ -102,14 +110,12 @@ qat: venv data
 # the BRECQ W4A4 model (held_out=0, as the committed cell). About 15 minutes on the 2-core Xeon, then the report.
 ONNX ?= multirun/onnx
 onnx: venv data
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=none export=onnx hydra.sweep.dir=$(ONNX)/fp32 $(CELL_ARGS)
-	$(Q) bits=2,4,8,16 export=onnx hydra.sweep.dir=$(ONNX)/custom $(CELL_ARGS)
-	$(PY) -m qexp.quantize -m data=$(DATA) quant=custom_ptq observer=minmax bits=8 export=onnx \
-		hydra.sweep.dir=$(ONNX)/custom_minmax $(CELL_ARGS)
-	$(Q) bits=4 quant.a_bits=8 export=onnx hydra.sweep.dir=$(ONNX)/custom_a8 $(CELL_ARGS)
-	$(Q) bits=8 quant.shared_activations=true export=onnx hydra.sweep.dir=$(ONNX)/shared $(CELL_ARGS)
-	$(Q) bits=4 quant.reconstruct=block quant.reconstruction.held_out=0 export=onnx \
-		hydra.sweep.dir=$(ONNX)/brecq $(CELL_ARGS)
+	$(call sweep,onnx/fp32,$(ONNX))
+	$(call sweep,onnx/custom,$(ONNX))
+	$(call sweep,onnx/custom_minmax,$(ONNX))
+	$(call sweep,onnx/custom_a8,$(ONNX))
+	$(call sweep,onnx/shared,$(ONNX))
+	$(call sweep,onnx/brecq,$(ONNX))
 	$(MAKE) report
 
 # The sweeps' cells merged into the committed report: a re-run cell replaces its committed twin, every

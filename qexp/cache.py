@@ -21,6 +21,7 @@ from qexp.atomic import write_atomically
 from qexp.data import Split
 from qexp.quant import unread_settings
 from qexp.result import RESULT_SCHEMA
+from qexp.weights import side_file
 
 # Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo, and
 # whether it also exports its model (an exported cell is the same cell with the ONNX fields added).
@@ -35,9 +36,20 @@ def file_digest(path: Path) -> str:
         return "missing"
 
 
+def checkpoint_digest(checkpoint: Path) -> str:
+    """What a checkpoint contributes to a cell's identity: its bytes, and its side file's when it has one.
+
+    A foreign weight file's side file decides how the model is fed (its normalisation), so
+    editing it makes another cell; a qexp weight file has none and keeps its plain digest.
+    """
+    card = side_file(checkpoint)
+    return file_digest(checkpoint) + (f" side file {file_digest(card)}" if card.is_file() else "")
+
+
 def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
     """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS`` and the settings its
-    method never reads, ``quant.unread_settings``), checkpoint bytes and ``qexp.result.RESULT_SCHEMA``."""
+    method never reads, ``quant.unread_settings``), its checkpoint (``checkpoint_digest``) and
+    ``qexp.result.RESULT_SCHEMA``."""
     config = OmegaConf.to_container(cfg, resolve=True)
     for key in RUN_ONLY_KEYS:
         config.pop(key, None)
@@ -47,7 +59,7 @@ def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
         for parent in parents:
             node = node.get(parent, {})
         node.pop(key, None)
-    text = json.dumps(config, sort_keys=True, default=str) + file_digest(checkpoint) + f"schema {RESULT_SCHEMA}"
+    text = json.dumps(config, sort_keys=True, default=str) + checkpoint_digest(checkpoint) + f"schema {RESULT_SCHEMA}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -68,7 +80,7 @@ def cached_reference(
 ) -> dict[str, Any]:
     """``measure()`` (the FP32 fields of a cell), computed once per checkpoint, test split and batch size."""
     digest = hashlib.sha256()
-    digest.update(file_digest(checkpoint).encode())
+    digest.update(checkpoint_digest(checkpoint).encode())
     digest.update(test.images.numpy().tobytes())
     digest.update(test.labels.numpy().tobytes())
     digest.update(str(batch_size).encode())

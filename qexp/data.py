@@ -34,6 +34,8 @@ CLASSES = (
 )  # fmt: skip
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SOURCES = ("cifar10", "cifar10_folder", "synthetic")
 SPLITS = ("train", "test")
@@ -51,6 +53,30 @@ class Split:
 
     def subset(self, indices: Tensor) -> Split:
         return Split(self.images[indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The per-channel mean and std, in ``[0, 1]`` pixel units, that a model's inputs are standardised with.
+
+    It belongs to the model, not to the data: a network trained on inputs standardised with
+    ImageNet's statistics (as many public CIFAR-10 ResNets are) sees shifted inputs under
+    CIFAR-10's, so a foreign weight file states its own (``qexp.weights``) and every path that
+    feeds the model -- calibration, evaluation, the ONNX graph -- uses that one.
+    """
+
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+
+    def pixel_statistics(self, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """The mean and std in uint8 pixel units, ``1 x 3 x 1 x 1`` float32."""
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1) * 255
+        return mean, std
+
+
+CIFAR10_NORMALIZATION = Normalization()
+IMAGENET_NORMALIZATION = Normalization(IMAGENET_MEAN, IMAGENET_STD)
 
 
 # --- sources -----------------------------------------------------------------------------
@@ -214,16 +240,9 @@ def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) 
     return images * (~inside)[:, None].to(images.dtype)
 
 
-def pixel_statistics(device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """CIFAR-10's per-channel mean and std in uint8 pixel units, ``1 x 3 x 1 x 1`` float32: what ``normalize`` uses."""
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
-    return mean, std
-
-
-def normalize(images: Tensor) -> Tensor:
-    """uint8 ``N x 3 x H x W`` -> float32 standardised with CIFAR-10's mean and std, channels_last."""
-    mean, std = pixel_statistics(images.device)
+def normalize(images: Tensor, normalization: Normalization = CIFAR10_NORMALIZATION) -> Tensor:
+    """uint8 ``N x 3 x H x W`` -> float32 standardised (CIFAR-10's mean and std unless told), channels_last."""
+    mean, std = normalization.pixel_statistics(images.device)
     out = (images.float() - mean) / std
     return out.contiguous(memory_format=torch.channels_last)
 
@@ -303,6 +322,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.label = label or source  # what results say they were measured on
         self.extra_test_root = Path(extra_test_root).expanduser().resolve() if extra_test_root else None
         self.extra_test_label = extra_test_label or (self.extra_test_root.name if self.extra_test_root else "")
+        # The model's input standardisation; a weight file that states another sets it (qexp.weights).
+        self.normalization = CIFAR10_NORMALIZATION
         self.splits: dict[str, Split] = {}
         self._full_train: Split | None = None
         self.calibration_indices: Tensor | None = None
@@ -371,10 +392,14 @@ class CIFAR10DataModule(L.LightningDataModule):
             images = random_crop(images, self.crop_padding)
         if train and self.flip:
             images = random_flip(images)
-        out = normalize(images)
+        out = self.normalize(images)
         if train and self.cutout_size:
             out = cutout(out, self.cutout_size)
         return out
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 batch -> the float batch the model expects: standardised with ``self.normalization``."""
+        return normalize(images, self.normalization)
 
     def augmented_batches(self, count: int, device: torch.device) -> Iterator[Tensor]:
         """``count`` random augmented training batches, e.g. to re-estimate BatchNorm statistics."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from qexp.atomic import write_atomically
-from qexp.data import Split
+from qexp.data import CIFAR10_NORMALIZATION, Normalization, Split
 from qexp.errors import QexpError
 from qexp.evaluate import Predictions
 from qexp.quant.core.fold import fold_batchnorm
@@ -39,9 +39,17 @@ def check_export(export: str | None) -> None:
 
 
 def export_fields(
-    method: str, model: nn.Module, float_model: nn.Module, test: Split, simulated: Predictions, directory: Path
+    method: str,
+    model: nn.Module,
+    float_model: nn.Module,
+    test: Split,
+    simulated: Predictions,
+    directory: Path,
+    normalization: Normalization = CIFAR10_NORMALIZATION,
 ) -> OnnxExport | OnnxUnsupported:
     """Export ``model`` (``method``'s result; ``float_model`` is the checkpoint's), run it, and say what was measured.
+
+    The graph standardises its uint8 input with ``normalization``, the one the model was trained with.
 
     ``simulated`` holds our model's predictions on ``test``. A model ONNX cannot carry gives
     ``OnnxUnsupported`` with the reason, and the cell stays ok; any other error is the cell's.
@@ -53,7 +61,7 @@ def export_fields(
                 f"quant.method={method!r}: only our own models export (methods {EXPORTABLE}); PyTorch's quantized "
                 "modules go to ONNX through torch.onnx, with their own scales, which is not what this cell measured."
             )
-        graph = to_onnx(fold_batchnorm(model) if method == "none" else model)
+        graph = to_onnx(fold_batchnorm(model) if method == "none" else model, normalization)
     except Unsupported as reason:
         return OnnxUnsupported(onnx_reason=str(reason))
     path = directory / FILE
@@ -63,7 +71,9 @@ def export_fields(
     runtime = Predictions(torch.from_numpy(onnx_runtime.logits(runner, test.images)), test.labels)
     latency = onnx_runtime.latency_ms(graph)
     # The FP32 cell's graph is the float model's: timed once, not exported and timed again.
-    fp32_latency = latency if method == "none" else onnx_runtime.latency_ms(to_onnx(fold_batchnorm(float_model)))
+    fp32_latency = (
+        latency if method == "none" else onnx_runtime.latency_ms(to_onnx(fold_batchnorm(float_model), normalization))
+    )
     return OnnxExport(
         onnx_note=onnx_runtime.UNFUSED_NOTE if onnx_runtime.needs_unfused(graph) else None,
         onnx_file=FILE,

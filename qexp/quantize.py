@@ -31,7 +31,7 @@ from torch import nn
 
 from qexp.atomic import write_atomically
 from qexp.cache import cached_reference, cell_key, finished_result
-from qexp.data import Split, normalize
+from qexp.data import Split
 from qexp.deploy import check_export, export_fields
 from qexp.errors import EXIT_USER_ERROR, QexpError
 from qexp.evaluate import Predictions, classify
@@ -119,7 +119,7 @@ def measure(result: Result, cfg: DictConfig, checkpoint: Path, key: str, start: 
     batch_size = datamodule.eval_batch_size
 
     def evaluated(network: nn.Module, split: Split) -> Predictions:
-        return classify(network, split, normalize, batch_size)
+        return classify(network, split, datamodule.normalize, batch_size)
 
     def measured_once(split: Split, measure_fields: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The float model's fields on ``split``, measured once per checkpoint and split (``cached_reference``)."""
@@ -158,7 +158,9 @@ def measure(result: Result, cfg: DictConfig, checkpoint: Path, key: str, start: 
     result.payload_bytes, result.layer_bits = payload_bytes(quantized.model), layer_bits(quantized.model)
     result.seconds = round(time.perf_counter() - start, 2)  # the cell's own work, not an export's
     if cfg.get("export"):  # last: an export that fails fails the cell, so a re-run does it again
-        result.onnx = export_fields(cfg.quant.method, quantized.model, model, test, on_test, Path(cfg.output_dir))
+        result.onnx = export_fields(
+            cfg.quant.method, quantized.model, model, test, on_test, Path(cfg.output_dir), datamodule.normalization
+        )
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qexp.atomic import write_atomically
-from qexp.data import CIFAR10DataModule, normalize
+from qexp.data import CIFAR10DataModule
 from qexp.errors import exit_on_user_error
 from qexp.evaluate import accuracy, predict, sqnr_db
 from qexp.provenance import git_commit, hardware, portable_path, versions
@@ -56,14 +56,14 @@ def layer_sensitivity(
 ) -> list[dict[str, Any]]:
     """One row per (layer, config): ``configs`` maps ``(bits, what is quantized)`` to the PTQ settings."""
     test = datamodule.splits["test"]
-    reference = predict(model, test, normalize, datamodule.eval_batch_size)
+    reference = predict(model, test, datamodule.normalize, datamodule.eval_batch_size)
     fp32 = accuracy(reference, test.labels)
     batches = list(datamodule.calibration_batches(torch.device("cpu")))
     rows = []
     for layer in layer_names(model):
         for (bits, what), config in configs.items():
             quantized, _ = quantize_model(model, config, batches, only=[layer])
-            logits = predict(quantized, test, normalize, datamodule.eval_batch_size)
+            logits = predict(quantized, test, datamodule.normalize, datamodule.eval_batch_size)
             top1 = accuracy(logits, test.labels)
             row = {"layer": layer, "bits": bits, "quantized": what, "top1": top1, "drop": fp32 - top1}
             row.update(sqnr_db=sqnr_db(reference, logits), fp32_top1=fp32, a_bits=config.a_bits)

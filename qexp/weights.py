@@ -1,12 +1,19 @@
-"""The plain weight file that training exports and quantization loads.
+"""The plain weight file that training exports and quantization loads, and foreign ones beside it.
 
 A Lightning checkpoint carries optimizer state and pickled hyper-parameters; what PTQ needs is
 the float ``state_dict`` plus where it came from. The file is a dict of tensors and plain
 values, so ``torch.load(weights_only=True)`` reads it without executing pickled code.
+
+A ResNet20 trained elsewhere is a plain ``state_dict`` (or ``{"state_dict": ...}``) that says
+nothing about itself, so it comes with a *side file*, ``<weights>.json`` beside it, that says
+what the weights cannot: the architecture, the input normalisation it was trained with, how its
+keys map onto ours, and how many training images it never saw (``FOREIGN_CARD_FIELDS``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,13 +25,24 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qexp.atomic import write_atomically
-from qexp.data import CIFAR10DataModule
+from qexp.data import CIFAR10_NORMALIZATION, CIFAR10DataModule, Normalization
 from qexp.errors import QexpError
 from qexp.models import dead_residual_channels
+from qexp.provenance import portable_path
 
 log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).parent / "assets" / "resnet20_cifar10_jpeg.pt"
+# The side file of a foreign weight file: each field, and what it says.
+FOREIGN_CARD_FIELDS = {
+    "arch": "the model factory, e.g. 'resnet20' (required)",
+    "normalization": "{'mean': [r, g, b], 'std': [r, g, b]} in [0, 1] pixel units (required)",
+    "val_size": "training images the model never saw: 0 when it trained on all of them (required)",
+    "rename": "{'old prefix': 'new prefix'} applied to the keys after a leading 'module.' is dropped",
+    "sha256": "the weight file's sha256; when given, a different file is refused",
+    "source": "where the weights come from, written into every result",
+    "trained_on": "the data it was trained on, in words",
+}
 
 
 def arch_name(model_cfg: Mapping[str, Any]) -> str:
@@ -51,17 +69,101 @@ def load_weights(path: Path, model: nn.Module, arch: str) -> dict[str, Any]:
             f"checkpoint={str(path)!r} could not be read ({type(error).__name__}); expected a "
             "weight file written by python -m qexp.train."
         ) from None
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise QexpError(f"checkpoint={str(path)!r} is not a qexp weight file (no 'state_dict').")
-    if payload.get("arch") != arch:
-        raise QexpError(f"checkpoint={str(path)!r} holds arch {payload.get('arch')!r}; expected {arch!r}.")
+    if isinstance(payload, dict) and "arch" in payload and "state_dict" in payload:
+        state, file_arch, meta = payload["state_dict"], payload["arch"], dict(payload.get("meta", {}))
+    else:
+        state, file_arch, meta = foreign_weights(path, payload)
+    if file_arch != arch:
+        raise QexpError(f"checkpoint={str(path)!r} holds arch {file_arch!r}; expected {arch!r}.")
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise QexpError(f"checkpoint={str(path)!r} does not fit {arch}: {first}") from None
+        # "Error(s) in loading state_dict for ResNet:" then one line per kind of mismatch: say the first.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise QexpError(f"checkpoint={str(path)!r} does not fit {arch}: {detail}") from None
     warn_if_narrow(path, model)
-    return dict(payload.get("meta", {}))
+    return meta
+
+
+def side_file(path: Path) -> Path:
+    """Where a foreign weight file's side file is: ``<weights>.json`` beside it."""
+    return path.with_name(path.name + ".json")
+
+
+def foreign_weights(path: Path, payload: Any) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
+    """A foreign file's ``state_dict`` with our key names, its arch, and metadata from its side file.
+
+    The metadata carry ``normalization`` (which ``load_trained`` hands to the data) and ``val_size``
+    (which ``check_held_out`` holds a run to), so a foreign model is fed and validated as it was trained.
+    """
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise QexpError(
+            f"checkpoint={str(path)!r} is neither a qexp weight file nor a state_dict (a dict of tensors, alone or "
+            "under 'state_dict'); expected a file written by python -m qexp.train, or a ResNet state_dict."
+        )
+    card = read_side_file(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if "sha256" in card and card["sha256"] != digest:
+        raise QexpError(
+            f"checkpoint={str(path)!r} has sha256 {digest}, but its side file {str(side_file(path))!r} "
+            f"describes the file with sha256 {card['sha256']}: put the side file beside the file it describes."
+        )
+    renamed = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")  # saved from DataParallel
+        for old, new in card.get("rename", {}).items():
+            if key.startswith(old):
+                key = new + key.removeprefix(old)
+        renamed[key] = value
+    meta = {k: card[k] for k in ("normalization", "val_size", "source", "trained_on") if k in card}
+    meta["side_file"] = portable_path(side_file(path))
+    return renamed, card["arch"], meta
+
+
+def read_side_file(path: Path) -> dict[str, Any]:
+    """The side file of the foreign weight file ``path``, checked field by field; ``QexpError`` when it is wrong."""
+    fields = "; ".join(f"{name}: {meaning}" for name, meaning in FOREIGN_CARD_FIELDS.items())
+    card_path = side_file(path)
+    if not card_path.is_file():
+        raise QexpError(
+            f"checkpoint={str(path)!r} is a plain state_dict, not a qexp weight file, and has no side file "
+            f"{str(card_path)!r} saying how to use it. Write that JSON file with the fields -- {fields}."
+        )
+    try:
+        card = json.loads(card_path.read_text())
+    except ValueError as error:
+        raise QexpError(f"the side file {str(card_path)!r} is not valid JSON ({error}).") from None
+    missing = (
+        [name for name in ("arch", "normalization", "val_size") if name not in card] if isinstance(card, dict) else []
+    )
+    if not isinstance(card, dict) or missing:
+        raise QexpError(f"the side file {str(card_path)!r} lacks {missing or 'everything'}; its fields -- {fields}.")
+    normalization_of(card, str(card_path))  # refuses a malformed one now, not in the middle of a run
+    if not isinstance(card["val_size"], int) or card["val_size"] < 0:
+        raise QexpError(
+            f"the side file {str(card_path)!r} has val_size={card['val_size']!r}; expected an integer >= 0."
+        )
+    return card
+
+
+def normalization_of(meta: Mapping[str, Any], where: str = "the checkpoint") -> Normalization:
+    """The input normalisation a weight file's model was trained with: CIFAR-10's unless its metadata say otherwise."""
+    stated = meta.get("normalization")
+    if stated is None:
+        return CIFAR10_NORMALIZATION
+    try:
+        mean, std = (tuple(float(v) for v in stated[k]) for k in ("mean", "std"))
+    except (KeyError, TypeError, ValueError):
+        mean = std = ()
+    if len(mean) != 3 or len(std) != 3 or not all(0 <= m <= 1 for m in mean) or not all(0 < s <= 1 for s in std):
+        raise QexpError(
+            f"{where} has normalization={stated!r}; expected {{'mean': [r, g, b], 'std': [r, g, b]}} with each mean "
+            "in [0, 1] and each std in (0, 1] (pixel values scaled to [0, 1])."
+        )
+    return Normalization(mean, std)
 
 
 def warn_if_narrow(path: Path, model: nn.Module) -> None:
@@ -144,6 +246,7 @@ def load_trained(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str
     meta = load_weights(checkpoint, model, arch_name(cfg.model))
     model.eval()
     datamodule: CIFAR10DataModule = instantiate(cfg.data)
+    datamodule.normalization = normalization_of(meta)
     check_held_out(meta, datamodule)
     datamodule.setup()
     return model, meta, datamodule

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from qexp.cache import cell_key
-from qexp.data import normalize
+from qexp.data import IMAGENET_NORMALIZATION, normalize
 from qexp.quant import PTQConfig, quantize_model
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.core.modules import FakeQuantize, Mode, QuantLayer, quantizers
@@ -53,6 +53,18 @@ def test_the_float_model_exports_as_the_same_function(model_and_data, images):
     simulated, exported = simulated_and_exported(folded, images)
     torch.testing.assert_close(exported, simulated, atol=1e-4, rtol=1e-4)
     assert to_onnx(folded).opset_import[0].version == 13
+
+
+def test_the_graph_standardises_its_input_as_the_model_was_trained(model_and_data, images):
+    """A foreign model trained on ImageNet-standardised inputs gets those constants in its graph, not CIFAR-10's."""
+    model, _, _ = model_and_data
+    folded = fold_batchnorm(model).eval()
+    graph = to_onnx(folded, IMAGENET_NORMALIZATION)
+    exported = torch.from_numpy(onnx_runtime.logits(onnx_runtime.session(graph, threads=1), images))
+    with torch.no_grad():
+        expected, cifar = folded(normalize(images, IMAGENET_NORMALIZATION)), folded(normalize(images))
+    torch.testing.assert_close(exported, expected, atol=1e-4, rtol=1e-4)
+    assert (exported - cifar).abs().max() > 1e-2  # the constants matter
 
 
 def test_w8a8_with_shared_grids_runs_on_integer_kernels_and_agrees_within_a_few_steps(model_and_data, images):

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import DictConfig
 from torch import nn
 
-from qexp.data import CIFAR10DataModule, load_image_folder
+from qexp.data import CIFAR10DataModule, load_image_folder, normalize
 from qexp.evaluate import standard_error, unpack_correct
 from qexp.models import resnet20
 from qexp.quant import quantize
@@ -105,6 +105,38 @@ def test_corrupt_and_foreign_checkpoints_are_rejected(compose_in, tmp_path: Path
     for path, message in ((corrupt, "could not be read"), (foreign, "holds arch 'resnet56'")):
         result = run(compose_in("quantize", ["data=synthetic", f"checkpoint={path}"]))
         assert result["status"] == "failed" and message in result["reason"]
+
+
+def test_a_foreign_state_dict_is_fed_with_its_own_normalisation_and_validated_as_its_side_file_says(
+    compose_in, tmp_path: Path
+):
+    """A public ResNet20 (``module.`` keys, ``linear``, ImageNet normalisation) is scored as it was trained."""
+    import torch
+
+    from qexp.data import IMAGENET_NORMALIZATION
+    from qexp.evaluate import classify
+    from tests.test_fold import randomise_batchnorm
+    from tests.test_weights import foreign_file
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(resnet20()).eval()
+    path = foreign_file(tmp_path, model)
+    overrides = ["data=synthetic", f"checkpoint={path}", "quant=none"]
+    refused = run(compose_in("quantize", overrides))  # it trained on every training image: nothing to validate on
+    assert refused["status"] == "failed" and "trained with data.val_size=0 held out" in refused["reason"]
+    result = run(compose_in("quantize", [*overrides, "data.val_size=0"]))
+    data = CIFAR10DataModule(source="synthetic", val_size=0, calib_size=128, synthetic_sizes=(512, 256))
+    data.setup()
+    test = data.splits["test"]
+    expected = classify(model, test, lambda x: normalize(x, IMAGENET_NORMALIZATION), 128)
+    assert result["status"] == "ok" and result["fp32_top1"] == expected.top1
+    assert result["test_correct"] == expected.correct()
+    # Calibration, evaluation and QAT all read the data module's batches: they are ImageNet-standardised.
+    _, _, loaded = load_trained(compose_in("quantize", [*overrides, "data.val_size=0"]), path)
+    (first, *_) = loaded.calibration_batches(torch.device("cpu"))
+    images = loaded.calibration_split().images[: len(first)]
+    torch.testing.assert_close(first, normalize(images, IMAGENET_NORMALIZATION), rtol=0, atol=0)
+    assert (first - normalize(images)).abs().max() > 0.1
 
 
 def test_single_run_with_bad_bits_exits_non_zero_without_traceback(tmp_path: Path, weights_file: Path):

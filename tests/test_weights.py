@@ -53,3 +53,110 @@ def test_loading_a_narrow_resnet20_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="qexp.weights"):
         load_weights(path, resnet20(), "resnet20")
     assert "24 dead residual channels" in caplog.text and "layer3.0 (24)" in caplog.text
+
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def foreign_file(tmp_path, model, **card):
+    """``model`` saved as a public ResNet20 is, with a side file.
+
+    DataParallel's ``module.`` prefix on every key, ``linear`` for our ``fc``, ImageNet normalisation.
+    """
+    import json
+
+    import torch
+
+    state = {"module." + k.replace("fc.", "linear."): v for k, v in model.state_dict().items()}
+    path = tmp_path / "resnet20-public.th"
+    torch.save({"best_prec1": 91.7, "state_dict": state}, path)
+    side = {"arch": "resnet20", "normalization": IMAGENET, "val_size": 0, "rename": {"linear.": "fc."}, **card}
+    path.with_name(path.name + ".json").write_text(json.dumps({k: v for k, v in side.items() if v is not None}))
+    return path
+
+
+def test_a_foreign_state_dict_loads_through_its_side_file_with_its_normalisation(tmp_path):
+    import torch
+
+    from qexp.data import IMAGENET_NORMALIZATION
+    from qexp.models import resnet20
+    from qexp.weights import load_weights, normalization_of
+
+    torch.manual_seed(0)
+    model = resnet20().eval()
+    path = foreign_file(tmp_path, model, source="a public repository")
+    loaded = resnet20().eval()
+    meta = load_weights(path, loaded, "resnet20")
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert normalization_of(meta) == IMAGENET_NORMALIZATION
+    assert meta["val_size"] == 0 and meta["source"] == "a public repository"
+    assert meta["side_file"].endswith("resnet20-public.th.json")
+
+
+def test_a_qexp_weight_file_keeps_cifar10_normalisation(tmp_path):
+    from qexp.data import CIFAR10_NORMALIZATION
+    from qexp.models import resnet20
+    from qexp.weights import load_weights, normalization_of, save_weights
+
+    path = tmp_path / "w.pt"
+    save_weights(path, resnet20(), "resnet20", {"epochs": 1})
+    assert normalization_of(load_weights(path, resnet20(), "resnet20")) == CIFAR10_NORMALIZATION
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [
+        ({"normalization": {"mean": [0.5, 0.5], "std": [0.2, 0.2, 0.2]}}, "has normalization="),
+        ({"normalization": {"mean": [125, 120, 110], "std": [60, 60, 60]}}, r"in \[0, 1\]"),
+        ({"val_size": -1}, "val_size=-1"),
+        ({"val_size": None}, r"lacks \['val_size'\]"),
+        ({"sha256": "0" * 64}, "describes the file with sha256 0000"),
+        ({"arch": "resnet56"}, "holds arch 'resnet56'; expected 'resnet20'"),
+        ({"rename": {}}, "does not fit resnet20: Missing key.*fc.weight"),  # 'linear.*' keys left as they are
+    ],
+)
+def test_a_wrong_side_file_is_one_clear_error(tmp_path, card, message):
+    from qexp.models import resnet20
+    from qexp.weights import load_weights
+
+    path = foreign_file(tmp_path, resnet20(), **card)
+    with pytest.raises(QexpError, match=message):
+        load_weights(path, resnet20(), "resnet20")
+
+
+def test_a_state_dict_without_a_side_file_names_the_file_to_write(tmp_path):
+    from qexp.models import resnet20
+    from qexp.weights import load_weights
+
+    path = foreign_file(tmp_path, resnet20())
+    path.with_name(path.name + ".json").unlink()
+    with pytest.raises(QexpError, match=r"no side file .*resnet20-public\.th\.json.*normalization"):
+        load_weights(path, resnet20(), "resnet20")
+
+
+def test_a_checkpoint_of_another_depth_is_one_clear_error(tmp_path):
+    from qexp.models import resnet20
+    from qexp.models.resnet import ResNet
+    from qexp.weights import load_weights
+
+    path = foreign_file(tmp_path, ResNet(blocks_per_stage=5))  # a ResNet32's keys and shapes
+    with pytest.raises(QexpError, match=r"does not fit resnet20: .*Unexpected key"):
+        load_weights(path, resnet20(), "resnet20")
+
+
+def test_the_side_file_is_part_of_the_cells_identity(tmp_path):
+    from omegaconf import OmegaConf
+
+    from qexp.cache import cell_key, checkpoint_digest, file_digest
+    from qexp.models import resnet20
+    from qexp.weights import save_weights
+
+    cfg = OmegaConf.create({"quant": {"method": "none"}, "bits": 8})
+    own = tmp_path / "own.pt"
+    save_weights(own, resnet20(), "resnet20", {})
+    assert checkpoint_digest(own) == file_digest(own)  # a qexp file's cells keep their keys
+    path = foreign_file(tmp_path, resnet20())
+    before = cell_key(cfg, path)
+    foreign_file(tmp_path, resnet20(), normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    assert cell_key(cfg, path) != before

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from qexp.data import CIFAR10DataModule, normalize
+from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
 from qexp.evaluate import classify
 from qexp.quant.core.affine import check_bits
@@ -110,12 +110,14 @@ def quantize_with_pt2e(model: nn.Module, quant: DictConfig, datamodule: CIFAR10D
     converted, images = pt2e.quantize_pt2e(model, datamodule.calibration_batches(torch.device("cpu")), quant.observer)
     prepared = time.perf_counter()
     test = datamodule.splits["test"]
-    example = normalize(test.images[: datamodule.eval_batch_size])
+    example = datamodule.normalize(test.images[: datamodule.eval_batch_size])
     lowered = pt2e.lower(converted, example)
     measured = Pt2eFields(
         export_calibrate_convert_seconds=round(prepared - start, 2),
         compile_seconds=round(time.perf_counter() - prepared, 2),
-        pt2e_reference_top1=classify(pt2e.Graph(converted), test, normalize, datamodule.eval_batch_size).top1,
+        pt2e_reference_top1=classify(
+            pt2e.Graph(converted), test, datamodule.normalize, datamodule.eval_batch_size
+        ).top1,
     )
     note = "pt2e static int8 (X86InductorQuantizer), lowered by torch.compile with freezing"
     return Quantized(lowered, serialized_bytes(pt2e.used_state(converted)), images, note, measured)

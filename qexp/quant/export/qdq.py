@@ -46,7 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from qexp.data import pixel_statistics
+from qexp.data import CIFAR10_NORMALIZATION, Normalization
 from qexp.models.resnet import Add
 from qexp.quant.core.affine import quantize
 from qexp.quant.core.modules import (
@@ -258,9 +258,9 @@ def _pad(graph: _Graph, x: str, pad: tuple[int, ...], rank: int, name: str) -> s
     return graph.node("Pad", [x, pads], name)
 
 
-def _standardize(graph: _Graph) -> str:
+def _standardize(graph: _Graph, normalization: Normalization) -> str:
     """The uint8 image as ``qexp.data.normalize`` standardises it: the same float32 constants, the same two ops."""
-    mean, std = pixel_statistics()
+    mean, std = normalization.pixel_statistics()
     image = graph.node("Cast", [INPUT], "image_float", to=TensorProto.FLOAT)
     centred = graph.node("Sub", [image, graph.constant("mean", mean)], "centred")
     return graph.node("Div", [centred, graph.constant("std", std)], "standardised")
@@ -315,10 +315,11 @@ def describe(model: nn.Module) -> str:
     )
 
 
-def to_onnx(model: nn.Module) -> onnx.ModelProto:
+def to_onnx(model: nn.Module, normalization: Normalization = CIFAR10_NORMALIZATION) -> onnx.ModelProto:
     """The ONNX graph of ``model`` (a frozen ``quantize_model`` result, or a float ResNet with BatchNorm folded).
 
-    Input ``image``: uint8 ``N x 3 x 32 x 32`` RGB; output ``logits``: ``N x classes``. Raises
+    Input ``image``: uint8 ``N x 3 x 32 x 32`` RGB, standardised inside the graph with the model's
+    ``normalization``; output ``logits``: ``N x classes``. Raises
     ``Unsupported`` for a model that is not frozen, or a width or an operation ONNX (or this
     exporter) cannot carry.
     """
@@ -340,7 +341,7 @@ def to_onnx(model: nn.Module) -> onnx.ModelProto:
     output = None
     for node in traced.nodes:
         if node.op == "placeholder":
-            names[node] = _standardize(graph)
+            names[node] = _standardize(graph, normalization)
         elif node.op == "output":
             output = value(node.args[0])
         else:
