@@ -293,6 +293,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         calib_size: int = 1024,
+        calib_seed: int | None = None,
         seed: int = 0,
         crop_padding: int = 4,
         flip: bool = True,
@@ -314,6 +315,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.calib_size = calib_size
+        self.calib_seed = calib_seed
         self.seed = seed
         self.crop_padding = crop_padding
         self.flip = flip
@@ -353,7 +355,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             )
         # Calibration images are a seeded draw from the training part (never val or test);
         # the indices refer to the full training split so a test can check where they came from.
-        self.calibration_indices = train_indices[: self.calib_size].sort().values
+        self.calibration_indices = self.calibration_draw(train_indices)
         self.splits = {"train": train.subset(train_indices), "test": loaded["test"]}
         if self.val_size:
             self.splits["val"] = train.subset(val_indices)
@@ -365,6 +367,17 @@ class CIFAR10DataModule(L.LightningDataModule):
                 )
             self.splits["extra_test"] = load_image_folder(self.extra_test_root, splits=("test",))["test"]
         self._full_train = train
+
+    def calibration_draw(self, train_indices: Tensor) -> Tensor:
+        """The calibration subset of ``train_indices``: its first ``calib_size`` (the split's own seeded
+        order), or with ``calib_seed`` another seeded draw, so that a result's spread over calibration
+        sets can be measured without touching which images are held out."""
+        if self.calib_seed is None:
+            chosen = train_indices[: self.calib_size]
+        else:
+            order = torch.randperm(len(train_indices), generator=torch.Generator().manual_seed(self.calib_seed))
+            chosen = train_indices[order[: self.calib_size]]
+        return chosen.sort().values
 
     # Lightning hooks ---------------------------------------------------------------------
 

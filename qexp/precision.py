@@ -10,7 +10,9 @@ and to ``32-true`` elsewhere; any explicit Lightning precision (``trainer.precis
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,8 +54,36 @@ def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
     Any other value is the user's explicit choice and passes through unchanged.
     """
     if str(precision) != AUTO:
+        log.info("precision: %s (as configured)", precision)
         return str(precision)
     device = training_device(accelerator)
     chosen = "bf16-mixed" if native_bf16(device) else "32-true"
     log.info("precision=auto: %s on %s (native bf16: %s)", chosen, device, chosen == "bf16-mixed")
     return chosen
+
+
+# What resolve_precision and the epoch log (qexp.callbacks.EpochLog) write into a run's train.log.
+_PRECISION_LINE = re.compile(r"\[qexp\.precision\]\[INFO\] - precision(?:=auto)?: (\S+)")
+_EPOCH_LINE = re.compile(r"\[qexp\.callbacks\]\[INFO\] - epoch (\d+)/\d+ ")
+
+
+def precision_spans(log_text: str) -> list[dict[str, Any]]:
+    """Which precision trained which epochs, read from a run's ``train.log``.
+
+    A run resumed on another machine may resolve ``precision: auto`` differently (fp32 on an
+    AVX2-only CPU, bf16-mixed where bf16 is native), so one weight file can hold epochs of both;
+    each resume logs its choice before its epochs. Epochs logged before any choice (older runs)
+    are ``"unknown"``.
+    """
+    spans: list[dict[str, Any]] = []
+    current = "unknown"
+    for line in log_text.splitlines():
+        if chosen := _PRECISION_LINE.search(line):
+            current = chosen.group(1)
+        elif epoch := _EPOCH_LINE.search(line):
+            number = int(epoch.group(1))
+            if spans and spans[-1]["precision"] == current and spans[-1]["last_epoch"] == number - 1:
+                spans[-1]["last_epoch"] = number
+            else:
+                spans.append({"precision": current, "first_epoch": number, "last_epoch": number})
+    return spans

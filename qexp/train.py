@@ -26,6 +26,7 @@ from qexp.errors import QexpError, exit_on_user_error
 from qexp.evaluate import flip_averaged_top1, top1, top1_with_error
 from qexp.fit import fit_resumably
 from qexp.module import Classifier
+from qexp.precision import precision_spans
 from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.weights import arch_name, load_weights, save_weights
 
@@ -103,6 +104,14 @@ def measure_exported(network: nn.Module, datamodule: CIFAR10DataModule) -> dict[
     return measured
 
 
+def log_text(path: Path) -> str:
+    """The run's log so far (Hydra's ``<job>.log`` in the run directory); empty when there is none, as in tests."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and export; return the exported file's metadata."""
     L.seed_everything(cfg.seed, workers=True)
@@ -141,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "teacher": teacher_meta,
         "epochs": trainer.current_epoch,
         "precision": str(trainer.precision),
+        "precision_by_epoch": precision_spans(log_text(output_dir / "train.log")),
         "train_seconds": round(clock.seconds, 1),
         "command": "python -m qexp.train " + " ".join(sys.argv[1:]),
         "config": OmegaConf.to_yaml(portable_config(cfg)),

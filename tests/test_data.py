@@ -107,6 +107,28 @@ def test_datamodule_splits_and_calibration_subset_come_from_training_images():
     assert sum(len(b) for b in batches) == 100
 
 
+def test_another_calibration_seed_draws_other_training_images_and_keeps_the_split():
+    def data(calib_seed):
+        dm = CIFAR10DataModule(
+            source="synthetic", val_size=64, calib_size=100, calib_seed=calib_seed, synthetic_sizes=(512, 128)
+        )
+        dm.setup()
+        return dm
+
+    default, seeded, again, other = data(None), data(1), data(1), data(2)
+    val_indices = set(torch.randperm(512, generator=torch.Generator().manual_seed(0))[:64].tolist())
+    for dm in (seeded, other):
+        assert len(dm.calibration_indices) == 100 and not val_indices & set(dm.calibration_indices.tolist())
+        assert torch.equal(dm.splits["val"].images, default.splits["val"].images)  # the held-out split stays
+    assert torch.equal(seeded.calibration_indices, again.calibration_indices)
+
+    def overlap(a, b):
+        return len(set(a.calibration_indices.tolist()) & set(b.calibration_indices.tolist()))
+
+    # 100 of 448 training images: two independent draws share about 100 * 100 / 448 = 22 of them.
+    assert overlap(seeded, other) < 50 and overlap(seeded, default) < 50
+
+
 def test_second_test_set_is_read_from_a_test_only_folder(tmp_path: Path):
     extra = write_image_folder(tmp_path / "extra", per_class=2)
     shutil.rmtree(extra / "train")  # only a test split, like the original CIFAR-10 images

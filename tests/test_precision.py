@@ -44,3 +44,32 @@ def test_auto_on_a_gpu_asks_the_gpu(monkeypatch):
 def test_the_training_configs_default_to_auto(compose_in):
     assert compose_in("train", []).trainer.precision == "auto"
     assert compose_in("quantize", ["quant=qat"]).quant.trainer.precision == "auto"
+
+
+def test_a_run_resumed_on_another_cpu_says_which_precision_trained_which_epochs():
+    from qexp.precision import precision_spans
+
+    def epoch(n):
+        return f"[2026-12-02 03:38:26,633][qexp.callbacks][INFO] - epoch {n}/200 train/acc 0.7497 | 185.5 s"
+
+    log = "\n".join(
+        [
+            epoch(1),  # an older run logged no choice
+            "[2026-12-02 00:52:13,864][qexp.precision][INFO] - precision=auto: 32-true on cpu (native bf16: False)",
+            epoch(2),
+            epoch(3),
+            "[2026-12-02 00:53:00,000][qexp.fit][INFO] - resuming from last.ckpt",
+            "[2026-12-02 06:14:00,738][qexp.precision][INFO] - precision=auto: bf16-mixed on cpu (native bf16: True)",
+            epoch(4),
+            epoch(5),
+            "[2026-12-02 07:00:00,000][qexp.precision][INFO] - precision: 32-true (as configured)",
+            epoch(6),
+        ]
+    )
+    assert precision_spans(log) == [
+        {"precision": "unknown", "first_epoch": 1, "last_epoch": 1},
+        {"precision": "32-true", "first_epoch": 2, "last_epoch": 3},
+        {"precision": "bf16-mixed", "first_epoch": 4, "last_epoch": 5},
+        {"precision": "32-true", "first_epoch": 6, "last_epoch": 6},
+    ]
+    assert precision_spans("") == []
