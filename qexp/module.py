@@ -93,6 +93,11 @@ class Classifier(L.LightningModule):
     batch as the student (consistent targets), runs in eval mode under ``no_grad`` and is kept out
     of the module's parameters and checkpoints (it is an input, like the data). Which network the
     teacher is does not matter here.
+
+    ``fp32_validation`` makes the validation step compute in float32 whatever the training precision
+    (Lightning runs it inside the ``bf16-mixed`` autocast otherwise), so that ``val/acc`` is what an
+    fp32 evaluation (``qexp.evaluate``) of the same model counts: QAT chooses its epoch on it. Off by
+    default, so that a training run's validation curve keeps meaning what it meant when it started.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class Classifier(L.LightningModule):
         bn_batches: int = 20,
         num_classes: int = 10,
         compile: bool = False,
+        fp32_validation: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "teacher"], logger=False)
@@ -194,7 +200,13 @@ class Classifier(L.LightningModule):
             self.log(f"{stage}/ema_acc", ema_metric, prog_bar=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        if not self.hparams.fp32_validation:
+            self._evaluate(batch, "val")
+            return
+        images, labels = batch
+        # Autocast off inside Lightning's, and float32 inputs: the logits an fp32 evaluation computes.
+        with torch.autocast(images.device.type, enabled=False):
+            self._evaluate((images.float(), labels), "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")

@@ -85,10 +85,29 @@ class QATFields:
         float | None,
         Doc(
             Group.QAT,
-            "its validation top-1 (Lightning's loop, at the training precision); null without a validation split",
+            "its validation top-1, in fp32 (older cells, those without `qat_start_val_top1`, validated at the "
+            "training precision); null without a validation split",
         ),
     ]
-    qat_val_history: Annotated[list[float], Doc(Group.QAT, "validation top-1 of every epoch")]
+    qat_val_history: Annotated[list[float], Doc(Group.QAT, "validation top-1 of every epoch, the same way")]
+    # Absent from the cells written before they existed (their validation ran at the training precision). Only QAT
+    # cells have them, so RESULT_SCHEMA stays: an older QAT cell is still a finished cell, not one to redo.
+    qat_start_val_top1: Annotated[
+        float | Absent | None,
+        Doc(
+            Group.QAT,
+            "validation top-1 (fp32) of the model QAT started from (epoch 0: our PTQ model, after "
+            "`quant.reconstruct` when set); null without a validation split",
+        ),
+    ] = ABSENT
+    qat_still_rising: Annotated[
+        bool | Absent | None,
+        Doc(
+            Group.QAT,
+            "true: the last epoch was the best (with one epoch: beat the start), so more epochs may help; null "
+            "without a validation split",
+        ),
+    ] = ABSENT
 
 
 ONNX_STATUS = Doc(Group.ONNX, "`ok` or `unsupported` (the cell itself stays `ok`)")

@@ -1,22 +1,27 @@
 """QAT (quant=qat): learned step sizes in a model, a training step, the entry point, the report, bad input."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
-from qexp.evaluate import unpack_correct
+from qexp.evaluate import top1, unpack_correct
 from qexp.module import Classifier
+from qexp.quant import api
 from qexp.quant.core.lsq import LearnedStepQuantizer, freeze_step_sizes, learn_step_sizes
 from qexp.quant.core.modules import Mode, QuantLayer, quantizers
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
-from qexp.quant.qat.finetune import QATConfig, ValidationHistory
+from qexp.quant.qat import finetune
+from qexp.quant.qat.finetune import QATConfig, ValidationHistory, fine_tune, still_rising
 from qexp.quantize import run
 from qexp.report import report
 from qexp.weights import save_weights
-from tests.conftest import compose_config
+from tests.conftest import compose_config, recount_top1
 from tests.test_ptq import batches, tiny_resnet
 
 # A QAT cell small enough for a test: 3 steps of 64 synthetic images per epoch.
@@ -75,6 +80,104 @@ def test_one_qat_step_lowers_the_distillation_loss_on_a_tiny_model():
     assert module.training_step((images, labels), 0).detach() < 0.97 * loss.detach()  # 0.333 -> 0.314
 
 
+def test_fp32_validation_computes_the_fp32_logits_inside_a_bf16_autocast():
+    images = batches(2)[0]
+    labels = torch.zeros(len(images), dtype=torch.long)
+    for fp32, exact in ((True, True), (False, False)):  # off (the default): the bf16 logits, as training validated
+        module = Classifier(tiny_resnet(), optimizer=torch.optim.SGD, fp32_validation=fp32).eval()
+        seen = []
+        module._evaluate = lambda batch, stage, module=module, seen=seen: seen.append(module.model(batch[0]))
+        with torch.no_grad():
+            expected = module.model(images)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # as Lightning runs the step under bf16-mixed
+                module.validation_step((images, labels), 0)
+        assert torch.equal(seen[0], expected) is exact
+
+
+def tiny_qat_data(val_size: int = 64) -> CIFAR10DataModule:
+    """Synthetic 32x32 images: 192 to train on (64 of them calibrate), ``val_size`` to validate, 64 to test."""
+    data = CIFAR10DataModule(source="synthetic", synthetic_sizes=(192 + val_size, 64), val_size=val_size,
+                             calib_size=64, batch_size=32, eval_batch_size=32)  # fmt: skip
+    data.setup()
+    return data
+
+
+def test_under_bf16_mixed_every_epochs_validation_is_an_fp32_count_of_that_epochs_model(tmp_path: Path, monkeypatch):
+    # 512 images: with fp32_validation off, bf16 validation counted 5 of them otherwise (on an AVX512-BF16 CPU)
+    teacher, data = tiny_resnet(), tiny_qat_data(val_size=512)
+    student, _ = quantize_model(teacher, PTQConfig(w_bits=2, a_bits=4), data.calibration_batches(torch.device("cpu")))
+    start = top1(student, data.splits["val"], data.normalize, data.eval_batch_size)
+    original, recounted = ValidationHistory.on_validation_epoch_end, []
+
+    def recount(self, trainer, pl_module):
+        original(self, trainer, pl_module)
+        assert trainer.precision == "bf16-mixed"
+        with torch.autocast("cpu", enabled=False):  # the model as the epoch left it, counted in a plain fp32 loop
+            recounted.append(recount_top1(pl_module.model, data.splits["val"], data.eval_batch_size))
+
+    monkeypatch.setattr(ValidationHistory, "on_validation_epoch_end", recount)
+    trainer_cfg = OmegaConf.create(
+        {"_target_": "lightning.Trainer", "accelerator": "cpu", "precision": "bf16-mixed", "limit_train_batches": 2,
+         "num_sanity_val_steps": 0, "log_every_n_steps": 1}
+    )  # fmt: skip
+    qat = fine_tune(student, teacher, data, QATConfig(epochs=2, batch_size=32, lr=0.05), trainer_cfg, tmp_path)
+    assert qat.val_top1 == pytest.approx(recounted, abs=1e-4)  # to the image: one is 100 / 512 points
+    assert qat.chosen_val_top1 == pytest.approx(max(recounted), abs=1e-4)
+    assert qat.start_val_top1 == start  # epoch 0, the PTQ model, counted before anything trained
+    assert qat.still_rising is still_rising(start, qat.val_top1)
+
+
+@pytest.mark.parametrize(
+    ("history", "rising"),
+    [([], False), ([12.0], True), ([10.0], False), ([9.0], False), ([11.0, 12.0], True), ([12.0, 12.0], False),
+     ([12.0, 11.0], False), ([9.0, 9.5], True)],
+)  # fmt: skip
+def test_a_curve_is_still_rising_when_its_last_epoch_is_its_best(history, rising):
+    assert still_rising(10.0, history) is rising  # the start at 10 %; equals: the first is kept, so not rising
+
+
+def tiny_qat_cell(tmp_path: Path, *overrides: str) -> tuple[torch.nn.Module, DictConfig, CIFAR10DataModule]:
+    """A teacher, the composed ``quant`` of a one-step QAT cell with these overrides, and its synthetic data."""
+    cfg = compose_config("quantize", ["data=synthetic", "quant=qat", "bits=2", "quant.a_bits=4", "quant.epochs=1",
+                                      "quant.batch_size=32", "quant.trainer.limit_train_batches=1",
+                                      "quant.trainer.precision=32-true", *overrides], tmp_path)  # fmt: skip
+    return tiny_resnet(), cfg.quant, tiny_qat_data()
+
+
+def test_qat_with_block_reconstruction_starts_from_the_model_quantize_model_reconstructs(tmp_path: Path, monkeypatch):
+    teacher, quant, data = tiny_qat_cell(tmp_path, "quant.reconstruct=block", "quant.reconstruction.steps=5")
+    images = data.normalize(data.splits["val"].images[:32])
+    started = []
+
+    def fine_tune_recording_its_start(student, *args, **kwargs):
+        with torch.no_grad():
+            started.append(student.eval()(images))
+        return fine_tune(student, *args, **kwargs)
+
+    monkeypatch.setattr(api, "fine_tune", fine_tune_recording_its_start)
+    calibration = list(data.calibration_batches(torch.device("cpu")))
+    reconstructed, _ = quantize_model(teacher, api.ptq_config(quant), calibration)
+    rounded, _ = quantize_model(teacher, replace(api.ptq_config(quant), reconstruction=None), calibration)
+    qat = api.quantize_with_qat(teacher, quant, data, tmp_path / "qat", False, {})
+    with torch.no_grad():
+        assert torch.equal(started[0], reconstructed(images))
+        assert not torch.allclose(started[0], rounded(images))  # the option did something: not round to nearest
+    val = data.splits["val"]
+    assert qat.method_fields.qat_start_val_top1 == top1(reconstructed, val, data.normalize, data.eval_batch_size)
+
+
+def test_a_curve_still_rising_at_its_last_epoch_is_said_and_recorded(tmp_path: Path, monkeypatch, caplog):
+    teacher, quant, data = tiny_qat_cell(tmp_path)
+    monkeypatch.setattr(finetune, "top1", lambda *args: -1.0)  # a start every epoch beats
+    with caplog.at_level("WARNING", logger="qexp.quant.qat.finetune"):
+        qat = api.quantize_with_qat(teacher, quant, data, tmp_path / "qat", False, {})
+    fields = qat.method_fields
+    assert (fields.qat_start_val_top1, fields.qat_still_rising, fields.qat_chosen_epoch) == (-1.0, True, 1)
+    assert "the best validation epoch is the last one, epoch 1" in caplog.text
+    assert "still rising, and more epochs (quant.epochs above 1) may help" in caplog.text
+    assert qat.note.endswith("epoch 1 (best on validation in fp32), still rising: more epochs may help")
+
+
 def test_bad_training_settings_are_refused():
     with pytest.raises(QexpError, match=r"quant.epochs=0 is out of range"):
         QATConfig(epochs=0)
@@ -98,7 +201,8 @@ def test_a_short_qat_cell_runs_through_the_entry_point_and_lands_in_the_report(t
     # gradient scaling, which can move it by an ulp).
     assert cell["val_images"] == cfg.data.val_size
     assert cell["val_top1"] == pytest.approx(cell["qat_val_top1"], abs=100 / cfg.data.val_size)
-    assert cell["reason"].endswith(f"from FP32, epoch {cell['qat_chosen_epoch']} (best on validation)")
+    assert f"from FP32, epoch {cell['qat_chosen_epoch']} (best on validation in fp32)" in cell["reason"]
+    assert isinstance(cell["qat_start_val_top1"], float) and isinstance(cell["qat_still_rising"], bool)
     _, test_images = cfg.data.synthetic_sizes
     assert cell["calib_images"] == cfg.data.calib_size and cell["test_images"] == test_images
     assert 100 * unpack_correct(cell["test_correct"], test_images).mean() == pytest.approx(cell["top1"])
@@ -150,6 +254,7 @@ def test_without_a_validation_split_the_last_epoch_is_kept_and_the_trained_model
     assert cell["status"] == "ok", cell["reason"]
     assert cell["onnx_status"] == "ok" and cell["onnx_agreement"] >= 90  # learned step sizes on ONNX Runtime
     assert (cell["qat_chosen_epoch"], cell["qat_val_history"], cell["qat_val_top1"]) == (1, [], None)
+    assert (cell["qat_start_val_top1"], cell["qat_still_rising"]) == (None, None)
     assert "val_top1" not in cell
     assert cell["reason"].endswith("epoch 1 (no validation split: last epoch)")
 

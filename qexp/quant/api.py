@@ -142,10 +142,14 @@ def quantize_with_qat(
         qat_chosen_epoch=run.chosen_epoch,
         qat_val_top1=run.chosen_val_top1,
         qat_val_history=run.val_top1,
+        qat_start_val_top1=run.start_val_top1,
+        qat_still_rising=run.still_rising,
     )
-    chosen = "no validation split: last epoch" if run.chosen_val_top1 is None else "best on validation"
+    chosen = "no validation split: last epoch" if run.chosen_val_top1 is None else "best on validation in fp32"
     chosen = f"epoch {run.chosen_epoch} ({chosen})"
     note = f"QAT from our PTQ, {run.epochs} epochs distilled from FP32, {chosen}"
+    if run.still_rising:
+        note += ", still rising: more epochs may help"
     return Quantized(run.model, serialized_bytes(integer_export(run.model)), images, note, measured)
 
 

@@ -6,11 +6,21 @@ its teacher: the Classifier sees an ``nn.Module`` and knows nothing of quantizat
 checkpoints every epoch into the cell's directory and a run started again resumes from there;
 the epoch with the best validation top-1 is the one returned, so the test split is only read
 afterwards, once, by the caller.
+
+Validation, and so the choice of epoch, is in fp32 whatever the training precision: the reported
+figures are fp32 evaluations, and a bf16 validation once chose an epoch 0.6 points away from its fp32
+figure. It is the Classifier's ``fp32_validation`` switch, not a callback here, because a callback
+cannot change the precision of the step Lightning runs: it could only evaluate the split a second
+time beside Lightning's bf16 pass, twice the work for two figures an epoch, one to ignore. The switch
+makes the one validation pass the fp32 one, so the checkpoint that monitors ``val/acc``, the history,
+the epoch log and ``limit_val_batches`` all see it unchanged; it is off by default, so float training
+keeps its validation as it was.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,9 +35,12 @@ from torch import nn
 from qexp.callbacks import EpochLog
 from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
+from qexp.evaluate import top1
 from qexp.fit import fit_resumably
 from qexp.module import Classifier
 from qexp.quant.core.lsq import freeze_step_sizes, learn_step_sizes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,9 +83,20 @@ class QATRun(NamedTuple):
     model: nn.Module  # quantizers frozen again with the learned scales, on the CPU, in eval mode
     epochs: int  # epochs trained, across resumed runs
     seconds: float  # training time, across resumed runs
-    val_top1: list[float]  # validation top-1 (%) of each validation run; empty without a validation split
+    val_top1: list[float]  # validation top-1 (%, fp32) of each validation run; empty without a validation split
     chosen_epoch: int  # 1-based: the best validation top-1 (the first of equals), or the last epoch without one
     chosen_val_top1: float | None  # the chosen epoch's validation top-1 (%); None without a validation split
+    start_val_top1: float | None  # the model it started from (epoch 0), validation top-1 (%, fp32); None without one
+    still_rising: bool | None  # whether the curve ends at its best (``still_rising``); None without a validation split
+
+
+def still_rising(start: float, history: list[float]) -> bool:
+    """Whether a validation curve that starts at ``start`` (epoch 0) and goes on with ``history`` ends at its best.
+
+    True when the last epoch beats every earlier one (with one epoch: beats the start), so that the
+    last epoch is the one kept and more epochs may well do better.
+    """
+    return bool(history) and history[-1] > max(history[:-1], default=start)
 
 
 class ValidationHistory(L.Callback):
@@ -112,8 +136,13 @@ def fine_tune(
     ``config.epochs``. ``directory`` receives the epoch log (``csv/``) and the checkpoints
     (``checkpoints/``): ``last.ckpt`` after every epoch (``resume`` continues from it) and
     ``best.ckpt``, the epoch with the best validation top-1, which is the model returned.
+    Validation is in fp32 (the module docstring says why), the start included: ``student``'s own
+    validation top-1 is measured first, through ``qexp.evaluate`` as every cell's ``val_top1`` is.
+    When the last epoch is the best one a warning says that the curve was still rising.
     ``teacher`` is frozen and put in eval mode.
     """
+    val = datamodule.splits.get("val")
+    start_top1 = None if val is None else top1(student, val, datamodule.normalize, datamodule.eval_batch_size)
     L.seed_everything(config.seed, workers=True)
     data = copy.copy(datamodule)  # the caller's module keeps its batch size
     data.batch_size = config.batch_size
@@ -126,6 +155,7 @@ def fine_tune(
         weight_decay=config.weight_decay,
         warmup_epochs=config.warmup_epochs,
         label_smoothing=0.0,  # the teacher's soft targets already smooth the labels
+        fp32_validation=True,
     )
     checkpoints = directory / "checkpoints"
     history, clock = ValidationHistory(), EpochLog()
@@ -147,5 +177,14 @@ def fine_tune(
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
         chosen, chosen_top1 = state["epoch"] + 1, 100 * float(best.best_model_score)
+    rising = None if start_top1 is None else still_rising(start_top1, history.top1)
+    if rising:
+        log.warning(
+            "QAT: the best validation epoch is the last one, epoch %d (%.2f %%; the start %.2f %%): the curve was "
+            "still rising, and more epochs (quant.epochs above %d) may help.",
+            chosen, history.top1[-1], start_top1, trainer.current_epoch,
+        )  # fmt: skip
     model = freeze_step_sizes(module.model).cpu().eval()
-    return QATRun(model, trainer.current_epoch, round(clock.seconds, 1), history.top1, chosen, chosen_top1)
+    return QATRun(
+        model, trainer.current_epoch, round(clock.seconds, 1), history.top1, chosen, chosen_top1, start_top1, rising
+    )
