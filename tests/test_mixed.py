@@ -32,6 +32,23 @@ def test_mixed_precision_beats_the_uniform_narrow_width_within_its_budget():
         PTQConfig(2, 16, average_bits=1.0)
 
 
+def test_reconstruction_runs_on_the_mixed_model_and_lowers_its_error_at_the_widths_mixed_precision_chose():
+    from qexp.quant.custom.reconstruct import ReconstructionConfig
+
+    model = tiny_resnet()
+    plan = {"observer": "mse", "average_bits": 3.0, "mixed_widths": (4, 2)}
+    mixed = PTQConfig(2, 4, **plan)
+    learned = PTQConfig(2, 4, **plan, reconstruction=ReconstructionConfig("block", steps=200))
+    widths = [
+        {name: m.weight_quantizer.bits for name, m in quantize_model(model, c, batches(1))[0].named_modules()
+         if isinstance(m, QuantLayer)}
+        for c in (mixed, learned)
+    ]  # fmt: skip
+    assert widths[0] == widths[1] and set(widths[0].values()) == {4, 2}  # the same plan, then fitted
+    [error_mixed], [error_learned] = (output_errors(model, c, [""]) for c in (mixed, learned))
+    assert error_learned < 0.9 * error_mixed
+
+
 def test_the_budget_check_is_one_rule_for_the_config_and_the_assignment():
     with pytest.raises(QexpError, match=r"quant.average_bits=1.5 is below the narrowest of quant.mixed_widths=\[8, 4"):
         greedy_assignment({"a": 1}, {("a", 8): 0.0}, (8, 4, 2), average_bits=1.5)
