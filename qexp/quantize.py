@@ -46,7 +46,7 @@ from qexp.quant import (
     serialized_bytes,
     weight_grid,
 )
-from qexp.result import ABSENT, Result
+from qexp.result import ABSENT, QUANTIZED_MODEL, Result
 from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def measure(result: Result, cfg: DictConfig, checkpoint: Path, key: str, start: 
     # QAT checkpoints into a folder of its own cell (same config and checkpoint), so re-running the cell
     # continues it and another cell in the same directory never resumes from it; redo=true starts afresh.
     workdir = Path(cfg.output_dir) / "qat" / key[:16]
-    quantized = quantize(model, cfg.quant, datamodule, workdir=workdir, resume=not cfg.redo, checkpoint_meta=meta)
+    quantized = quantize(model, cfg.quant, datamodule, workdir=workdir, resume=not cfg.redo)
     if not quantized.observed:
         result.observer = "none"  # a cast, nothing is observed: one cell whatever the observer
     on_test = evaluated(quantized.model, test)
@@ -157,10 +157,19 @@ def measure(result: Result, cfg: DictConfig, checkpoint: Path, key: str, start: 
     result.reason, result.size_bytes, result.calib_images = quantized.note, quantized.size_bytes, quantized.calib_images
     result.payload_bytes, result.layer_bits = payload_bytes(quantized.model), layer_bits(quantized.model)
     result.seconds = round(time.perf_counter() - start, 2)  # the cell's own work, not an export's
+    if cfg.quant.method in ("custom_ptq", "qat"):  # python -m qexp.anatomy measures it again, layer by layer
+        save_quantized_model(Path(cfg.output_dir) / QUANTIZED_MODEL, quantized.model)
     if cfg.get("export"):  # last: an export that fails fails the cell, so a re-run does it again
         result.onnx = export_fields(
             cfg.quant.method, quantized.model, model, test, on_test, Path(cfg.output_dir), datamodule.normalization
         )
+
+
+def save_quantized_model(path: Path, model: nn.Module) -> None:
+    """Keep a cell's quantized model (its ``state_dict``; ``qexp.report.anatomy.load_cell_model`` rebuilds the
+    structure from the cell's config), written atomically like ``result.json``."""
+    state = model.state_dict()
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:

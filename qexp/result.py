@@ -29,6 +29,9 @@ from typing import Annotated, Any, NamedTuple
 # Raised when result.json gains a measurement every cell must have (2: validation top-1), so that a
 # resumed sweep redoes the cells written without it instead of keeping them.
 RESULT_SCHEMA = 2
+# Beside a cell's result.json: its quantized model's state_dict (our PTQ and QAT), so a figure can measure
+# it later without making it again (a BRECQ cell takes minutes, a QAT cell hours): qexp.report.anatomy.
+QUANTIZED_MODEL = "quantized_model.pt"
 
 
 class Group(enum.Enum):

@@ -158,7 +158,7 @@ def test_qat_with_block_reconstruction_starts_from_the_model_quantize_model_reco
     calibration = list(data.calibration_batches(torch.device("cpu")))
     reconstructed, _ = quantize_model(teacher, api.ptq_config(quant), calibration)
     rounded, _ = quantize_model(teacher, replace(api.ptq_config(quant), reconstruction=None), calibration)
-    qat = api.quantize_with_qat(teacher, quant, data, tmp_path / "qat", False, {})
+    qat = api.quantize_with_qat(teacher, quant, data, tmp_path / "qat", False)
     with torch.no_grad():
         assert torch.equal(started[0], reconstructed(images))
         assert not torch.allclose(started[0], rounded(images))  # the option did something: not round to nearest
@@ -170,7 +170,7 @@ def test_a_curve_still_rising_at_its_last_epoch_is_said_and_recorded(tmp_path: P
     teacher, quant, data = tiny_qat_cell(tmp_path)
     monkeypatch.setattr(finetune, "top1", lambda *args: -1.0)  # a start every epoch beats
     with caplog.at_level("WARNING", logger="qexp.quant.qat.finetune"):
-        qat = api.quantize_with_qat(teacher, quant, data, tmp_path / "qat", False, {})
+        qat = api.quantize_with_qat(teacher, quant, data, tmp_path / "qat", False)
     fields = qat.method_fields
     assert (fields.qat_start_val_top1, fields.qat_still_rising, fields.qat_chosen_epoch) == (-1.0, True, 1)
     assert "the best validation epoch is the last one, epoch 1" in caplog.text

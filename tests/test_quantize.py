@@ -139,6 +139,20 @@ def test_a_foreign_state_dict_is_fed_with_its_own_normalisation_and_validated_as
     assert (first - normalize(images)).abs().max() > 0.1
 
 
+def test_a_cell_keeps_its_quantized_model_and_the_kept_model_scores_what_the_cell_reported(
+    compose_in, weights_file: Path
+):
+    from qexp.report.anatomy import load_cell_model
+    from qexp.result import QUANTIZED_MODEL
+
+    cfg = compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=4", "quant.a_bits=8"])
+    result = run(cfg)
+    assert (Path(cfg.output_dir) / QUANTIZED_MODEL).is_file()
+    model, _, data = load_trained(cfg, weights_file)
+    kept = load_cell_model(model, Path(cfg.output_dir), result)
+    assert recount_top1(kept, data.splits["test"], data.eval_batch_size) == result["top1"]
+
+
 def test_single_run_with_bad_bits_exits_non_zero_without_traceback(tmp_path: Path, weights_file: Path):
     result = run_module(
         "qexp.quantize", "data=synthetic", f"checkpoint={weights_file}", "bits=20", f"hydra.run.dir={tmp_path}"

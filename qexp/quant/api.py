@@ -9,10 +9,9 @@ before any work; ``quantize`` returns the quantized model with its stored size a
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig
@@ -29,7 +28,6 @@ from qexp.quant.pytorch import fx, pt2e
 from qexp.quant.pytorch.float16 import FP16_REASON, stored_float16, to_float16
 from qexp.quant.qat.finetune import QATConfig, fine_tune
 from qexp.result import Pt2eFields, QATFields
-from qexp.weights import check_held_out
 
 METHODS = ("none", "custom_ptq", "torch_ptq", "qat")
 FLOWS = ("fx", "pt2e")
@@ -75,29 +73,31 @@ def quantize(
     *,
     workdir: Path | None = None,
     resume: bool = True,
-    checkpoint_meta: Mapping[str, Any] | None = None,
 ) -> Quantized:
     """The quantized model for ``quant.method``, its stored size and what went into it.
 
     ``check_supported(quant)`` has already turned away what cannot be done. Calibration uses
     ``datamodule``'s calibration images (training data); pt2e also reads the test split, for the
     top-1 of its reference graph and an example batch to compile with. QAT trains on the
-    training split and validates on the validation split, which must be the one the checkpoint
-    was trained without (``checkpoint_meta``, the weight file's metadata, says which); it
-    checkpoints into ``workdir`` and, with ``resume``, continues from the checkpoint there.
+    training split and validates on the validation split, which must be one the model was trained
+    without: ``qexp.weights.load_trained`` checks that against the weight file before a model gets
+    here (this package knows nothing of weight files). QAT checkpoints into ``workdir`` and, with
+    ``resume``, continues from the checkpoint there. Calibration runs where ``model``'s parameters
+    are; PyTorch's int8 flows run on the CPU, the only device their x86 kernels have.
     """
-    batches = datamodule.calibration_batches(torch.device("cpu"))
     if quant.method == "none":
         return Quantized(model, serialized_bytes(model), 0, "fp32 reference")
     if quant.method == "custom_ptq":
+        batches = datamodule.calibration_batches(next(model.parameters()).device)
         quantized, images = quantize_model(model, ptq_config(quant), batches)
         return Quantized(quantized, serialized_bytes(integer_export(quantized)), images, "")
     if quant.method == "qat":
         assert workdir is not None, "QAT needs a directory for its checkpoints"
-        return quantize_with_qat(model, quant, datamodule, workdir, resume, checkpoint_meta or {})
+        return quantize_with_qat(model, quant, datamodule, workdir, resume)
     if quant.get("flow") == "pt2e":
         return quantize_with_pt2e(model, quant, datamodule)
     if (quant.w_bits, quant.a_bits) == (8, 8):
+        batches = datamodule.calibration_batches(torch.device("cpu"))
         quantized, images = fx.quantize_int8(model, batches, quant.observer, quant.granularity)
         return Quantized(quantized, serialized_bytes(quantized), images, "FX static int8, x86 backend")
     half = to_float16(model)
@@ -129,11 +129,9 @@ def quantize_with_qat(
     datamodule: CIFAR10DataModule,
     workdir: Path,
     resume: bool,
-    checkpoint_meta: Mapping[str, Any],
 ) -> Quantized:
     """QAT: our PTQ model (exactly as ``custom_ptq`` makes it) fine-tuned with distillation from ``model``."""
     config = qat_config(quant)
-    check_held_out(checkpoint_meta, datamodule)  # load_trained checks it too; callers of this API may not use it
     start, images = quantize_model(model, ptq_config(quant), datamodule.calibration_batches(torch.device("cpu")))
     run = fine_tune(start, model, datamodule, config, quant.trainer, workdir, resume)
     measured = QATFields(
