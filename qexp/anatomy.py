@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qexp.atomic import write_atomically
 from qexp.errors import QexpError, exit_on_user_error
-from qexp.provenance import git_commit, hardware, portable_path, versions
+from qexp.provenance import portable_path, run_record
 from qexp.quant import check_bits, layer_names, ptq_config, quantize_model, recovery, weight_grid
 from qexp.report.anatomy import (
     LabelledModel,
@@ -100,13 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "figure": portable_path(figure),
         "checkpoint": portable_path(checkpoint),
         "data": cfg.data.get("label") or cfg.data.source,
-        "seconds": round(time.perf_counter() - start, 2),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "git": git_commit(),
-        "versions": versions(),
-        "hardware": hardware(),
-        "threads": torch.get_num_threads(),
+        **run_record(cfg, start),
     }
     write_atomically(out / "anatomy.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
     return record

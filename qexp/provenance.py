@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -116,4 +118,20 @@ def versions() -> dict[str, str]:
         "torchvision": str(torchvision.__version__),
         "lightning": str(lightning.__version__),
         **installed_versions(OPTIONAL_LIBRARIES),
+    }
+
+
+def run_record(cfg: DictConfig, start: float) -> dict[str, Any]:
+    """What every analysis record (``sensitivity.json``, ``anatomy.json``) says of its own run.
+
+    ``start`` is the run's ``time.perf_counter()`` at its beginning: ``seconds`` is its own work.
+    """
+    return {
+        "seconds": round(time.perf_counter() - start, 2),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "git": git_commit(),
+        "versions": versions(),
+        "hardware": hardware(),
+        "threads": torch.get_num_threads(),
     }

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from qexp.atomic import write_atomically
 from qexp.data import CIFAR10DataModule
 from qexp.errors import exit_on_user_error
 from qexp.evaluate import accuracy, predict, sqnr_db
-from qexp.provenance import git_commit, hardware, portable_path, versions
+from qexp.provenance import portable_path, run_record
 from qexp.quant import (
     PTQConfig,
     check_bits,
@@ -104,13 +103,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "weight_grid": weight_grid(cfg.quant),
         "checkpoint": portable_path(checkpoint),
         "data": cfg.data.get("label") or cfg.data.source,
-        "seconds": round(time.perf_counter() - start, 2),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "git": git_commit(),
-        "versions": versions(),
-        "hardware": hardware(),
-        "threads": torch.get_num_threads(),
+        **run_record(cfg, start),
     }
     path = Path(cfg.output_dir) / "sensitivity.json"
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2)))

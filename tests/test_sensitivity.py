@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from qexp.data import Split
+from qexp.data import Split, normalize
 from qexp.models.resnet import BasicBlock
 from qexp.quant import PTQConfig
 from qexp.quant.core.modules import QuantLayer
@@ -59,7 +59,9 @@ def test_with_block_reconstruction_a_layer_in_a_block_is_fitted_to_the_block_and
     monkeypatch.setattr(reconstruction, "reconstruct_unit", recording)
     generator = torch.Generator().manual_seed(3)
     test = Split(torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=generator), torch.arange(16) % 10)
-    datamodule = SimpleNamespace(splits={"test": test}, eval_batch_size=16, calibration_batches=lambda _: batches(1))
+    datamodule = SimpleNamespace(
+        splits={"test": test}, eval_batch_size=16, calibration_batches=lambda _: batches(1), normalize=normalize
+    )
     block = ReconstructionConfig("block", steps=3, held_out=0.25)
     configs = {(2, "weights"): PTQConfig(2, 16, reconstruction=block), (2, "round to nearest"): PTQConfig(2, 16)}
     rows = layer_sensitivity(tiny_resnet(), configs, datamodule)
