@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qexp.atomic import write_atomically
 from qexp.data import Split
+from qexp.provenance import file_digest
 from qexp.quant import unread_settings
 from qexp.result import RESULT_SCHEMA
 from qexp.weights import side_file
@@ -26,14 +27,6 @@ from qexp.weights import side_file
 # Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo, and
 # whether it also exports its model (an exported cell is the same cell with the ONNX fields added).
 RUN_ONLY_KEYS = ("output_dir", "threads", "redo", "cache_dir", "export")
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes; ``"missing"`` when it cannot be read (the cell then fails on its own)."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return "missing"
 
 
 def checkpoint_digest(checkpoint: Path) -> str:

@@ -12,7 +12,6 @@ keys map onto ours, and how many training images it never saw (``FOREIGN_CARD_FI
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from qexp.atomic import write_atomically
 from qexp.data import CIFAR10_NORMALIZATION, CIFAR10DataModule, Normalization
 from qexp.errors import QexpError
 from qexp.models import dead_residual_channels
-from qexp.provenance import portable_path
+from qexp.provenance import file_digest, portable_path
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def foreign_weights(path: Path, payload: Any) -> tuple[dict[str, torch.Tensor], 
             "under 'state_dict'); expected a file written by python -m qexp.train, or a ResNet state_dict."
         )
     card = read_side_file(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path)
     if "sha256" in card and card["sha256"] != digest:
         raise QexpError(
             f"checkpoint={str(path)!r} has sha256 {digest}, but its side file {str(side_file(path))!r} "
