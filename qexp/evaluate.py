@@ -123,5 +123,9 @@ def unpack_correct(text: str, images: int) -> np.ndarray:
 def sqnr_db(reference: Tensor, approximation: Tensor) -> float:
     """Signal-to-quantization-noise ratio of ``approximation`` in dB; ``inf`` when it is exact."""
     reference, approximation = reference.detach(), approximation.detach()
-    noise = float((reference - approximation).pow(2).sum())
-    return math.inf if noise == 0 else 10 * math.log10(float(reference.pow(2).sum()) / noise)
+    return decibels(float(reference.pow(2).sum()), float((reference - approximation).pow(2).sum()))
+
+
+def decibels(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)``, ``inf`` for no noise: the SQNR of energies summed, e.g. batch by batch."""
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)

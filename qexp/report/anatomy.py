@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from qexp.errors import QexpError
-from qexp.evaluate import sqnr_db
+from qexp.evaluate import decibels, sqnr_db
 from qexp.quant import PTQConfig, layer_names, ptq_config
 from qexp.quant.core.affine import dequantize
 from qexp.quant.core.capture import keep_input, keep_output, record
@@ -99,11 +99,6 @@ class TensorGrids:
         """One plain row per grid, as ``anatomy.json`` records them."""
         where = {"layer": self.layer, "kind": self.kind, "channel": self.channel, "channels": self.channels}
         return [{**where, **grid.__dict__, "levels": list(grid.levels)} for grid in self.grids]
-
-
-def decibels(signal: float, noise: float) -> float:
-    """``10 log10(signal / noise)``, ``inf`` for no noise: ``evaluate.sqnr_db`` of sums gathered batch by batch."""
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
 def representative_channel(weight: Tensor) -> int:
