@@ -16,7 +16,7 @@ REPORT ?= multirun_reports/resnet20_ptq
 # Extra overrides for every grid cell, e.g. ARGS=threads=1 while another job uses a core.
 ARGS ?=
 # The shipped checkpoint's held-out split exists only in the mirror's order: on torchvision's copy
-# nothing is validated (qexp.weights.check_held_out).
+# nothing is validated (qexp.cells.weights.check_held_out).
 VAL := $(if $(wildcard $(MIRROR)),, data.val_size=0)
 CELL_ARGS := $(ARGS)$(VAL)$(if $(REDO), redo=true,)
 
@@ -143,7 +143,7 @@ proxies: venv data
 	$(PROXY) experiment=distill teacher.checkpoint=outputs/teacher/weights.pt trainer.max_epochs=15 \
 		hydra.run.dir=outputs/proxies/distill
 	$(PROXY) $(PLAIN) trainer.max_epochs=25 hydra.run.dir=outputs/proxies/plain-25
-	$(PY) -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt \
+	$(PY) -m qexp.report.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt \
 		$(wildcard outputs/final/weights.pt outputs/narrow-300/weights.pt outputs/reference/weights.pt) --out reports/recipes --readme docs/training.md
 
 lint: venv

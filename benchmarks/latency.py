@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qexp.cells.provenance import hardware
+from qexp.cells.weights import SHIPPED, load_weights
 from qexp.models import resnet20
-from qexp.provenance import hardware
 from qexp.quant import PTQConfig, quantize_model, serialized_bytes
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.export import onnx_runtime
 from qexp.quant.export.qdq import INPUT, to_onnx
+from qexp.quant.export.timing import median_seconds, repeats_for
 from qexp.quant.pytorch.float16 import to_float16
 from qexp.quant.pytorch.fx import quantize_int8
 from qexp.quant.pytorch.pt2e import Graph, quantize_pt2e, used_state
-from qexp.timing import median_seconds, repeats_for
-from qexp.weights import SHIPPED, load_weights
 
 COMPILED = ("fp32 compiled", "pt2e int8 lowered")
 

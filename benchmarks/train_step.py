@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from qexp.data import CIFAR10DataModule
 from qexp.models import resnet20
-from qexp.module import Classifier, split_weight_decay, warmup_cosine
+from qexp.training.module import Classifier, split_weight_decay, warmup_cosine
 
 
 class StepTimer(L.Callback):

@@ -22,8 +22,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qexp.atomic import write_atomically
+from qexp.cells.provenance import portable_path, run_record
+from qexp.cells.weights import checkpoint_path, load_trained
 from qexp.errors import QexpError, exit_on_user_error
-from qexp.provenance import portable_path, run_record
 from qexp.quant import check_bits, layer_names, ptq_config, quantize_model, recovery, weight_grid
 from qexp.report.anatomy import (
     LabelledModel,
@@ -40,7 +41,6 @@ from qexp.report.anatomy import (
     weight_grids,
 )
 from qexp.report.cells import read_sensitivity
-from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
 

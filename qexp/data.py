@@ -61,7 +61,7 @@ class Normalization:
 
     It belongs to the model, not to the data: a network trained on inputs standardised with
     ImageNet's statistics (as many public CIFAR-10 ResNets are) sees shifted inputs under
-    CIFAR-10's, so a foreign weight file states its own (``qexp.weights``) and every path that
+    CIFAR-10's, so a foreign weight file states its own (``qexp.cells.weights``) and every path that
     feeds the model -- calibration, evaluation, the ONNX graph -- uses that one.
     """
 
@@ -324,7 +324,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.label = label or source  # what results say they were measured on
         self.extra_test_root = Path(extra_test_root).expanduser().resolve() if extra_test_root else None
         self.extra_test_label = extra_test_label or (self.extra_test_root.name if self.extra_test_root else "")
-        # The model's input standardisation; a weight file that states another sets it (qexp.weights).
+        # The model's input standardisation; a weight file that states another sets it (qexp.cells.weights).
         self.normalization = CIFAR10_NORMALIZATION
         self.splits: dict[str, Split] = {}
         self._full_train: Split | None = None

@@ -6,7 +6,7 @@ output directory, so a multirun sweep always finishes and the report sees every 
 whose ``result.json`` is already ``ok`` for the same config and checkpoint is not run again
 (``redo=true`` forces it), so a killed sweep re-run into the same directory loses at most the
 cell in flight -- and of a QAT cell, which checkpoints every epoch, at most the epoch in flight.
-What is written is the record ``qexp.result.Result``: ``new_result`` starts it from the config,
+What is written is the record ``qexp.cells.result.Result``: ``new_result`` starts it from the config,
 ``measure`` fills in what the cell measures, ``run`` adds the outcome and provenance.
 """
 
@@ -30,12 +30,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from qexp.atomic import write_atomically
-from qexp.cache import cached_reference, cell_key, finished_result
+from qexp.cells.cache import cached_reference, cell_key, finished_result
+from qexp.cells.evaluate import Predictions, classify
+from qexp.cells.provenance import git_commit, hardware, portable_config, portable_path, versions
+from qexp.cells.result import ABSENT, QUANTIZED_MODEL, Result
+from qexp.cells.weights import checkpoint_path, load_trained
 from qexp.data import Split
-from qexp.deploy import check_export, export_fields
 from qexp.errors import EXIT_USER_ERROR, QexpError
-from qexp.evaluate import Predictions, classify
-from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
 from qexp.quant import (
     Unsupported,
     check_supported,
@@ -46,8 +47,7 @@ from qexp.quant import (
     serialized_bytes,
     weight_grid,
 )
-from qexp.result import ABSENT, QUANTIZED_MODEL, Result
-from qexp.weights import checkpoint_path, load_trained
+from qexp.quant.export.deploy import check_export, export_fields
 
 log = logging.getLogger(__name__)
 

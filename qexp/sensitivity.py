@@ -29,10 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qexp.atomic import write_atomically
+from qexp.cells.evaluate import accuracy, predict, sqnr_db
+from qexp.cells.provenance import portable_path, run_record
+from qexp.cells.weights import checkpoint_path, load_trained
 from qexp.data import CIFAR10DataModule
 from qexp.errors import exit_on_user_error
-from qexp.evaluate import accuracy, predict, sqnr_db
-from qexp.provenance import portable_path, run_record
 from qexp.quant import (
     PTQConfig,
     check_bits,
@@ -43,7 +44,6 @@ from qexp.quant import (
     recovery,
     weight_grid,
 )
-from qexp.weights import checkpoint_path, load_trained
 
 log = logging.getLogger(__name__)
 

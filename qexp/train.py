@@ -20,15 +20,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from qexp.callbacks import EpochLog
+from qexp.cells.evaluate import flip_averaged_top1, top1, top1_with_error
+from qexp.cells.provenance import git_commit, hardware, portable_config, portable_path, versions
+from qexp.cells.weights import arch_name, load_weights, save_weights
 from qexp.data import CIFAR10DataModule, normalize
 from qexp.errors import QexpError, exit_on_user_error
-from qexp.evaluate import flip_averaged_top1, top1, top1_with_error
-from qexp.fit import fit_resumably
-from qexp.module import Classifier
-from qexp.precision import precision_spans
-from qexp.provenance import git_commit, hardware, portable_config, portable_path, versions
-from qexp.weights import arch_name, load_weights, save_weights
+from qexp.training.callbacks import EpochLog
+from qexp.training.fit import fit_resumably
+from qexp.training.module import Classifier
+from qexp.training.precision import precision_spans
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 from torch import nn
 
+from qexp.cells.weights import save_weights
 from qexp.data import CLASSES, Split, normalize
 from qexp.models import resnet20
-from qexp.weights import save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

@@ -8,8 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from qexp.anatomy import run
+from qexp.cells.evaluate import sqnr_db
+from qexp.cells.result import QUANTIZED_MODEL
+from qexp.cells.weights import load_weights
 from qexp.errors import QexpError
-from qexp.evaluate import sqnr_db
 from qexp.models import resnet20
 from qexp.quant import PTQConfig, layer_names, ptq_config, quantize_model
 from qexp.quant.core.observers import OBSERVERS, mse_range
@@ -28,8 +30,6 @@ from qexp.report.anatomy import (
     representative_channel,
     weight_grids,
 )
-from qexp.result import QUANTIZED_MODEL
-from qexp.weights import load_weights
 from tests.conftest import compose_config, run_module
 from tests.test_ptq import batches, tiny_resnet
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from qexp.cache import cell_key
+from qexp.cells.cache import cell_key
 
 
 def test_settings_a_method_never_reads_make_no_other_cell(compose_in, weights_file: Path):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qexp.curves import epoch_metrics, main
+from qexp.training.curves import epoch_metrics, main
 
 
 def test_versions_of_a_resumed_run_are_joined_one_row_per_epoch(tmp_path: Path):

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
 
+from qexp.cells.provenance import portable_config
+from qexp.cells.weights import load_weights, save_weights
 from qexp.models import resnet20, widenet
-from qexp.module import Classifier, distillation_loss
-from qexp.provenance import portable_config
 from qexp.train import train
-from qexp.weights import load_weights, save_weights
+from qexp.training.module import Classifier, distillation_loss
 from tests.conftest import run_module
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from qexp.cells.evaluate import sqnr_db, top1, top1_with_error
 from qexp.data import Split
-from qexp.evaluate import sqnr_db, top1, top1_with_error
 
 
 def test_sqnr():

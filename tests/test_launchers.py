@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from qexp.cache import cell_key
+from qexp.cells.cache import cell_key
 from tests.conftest import CONF, compose_config, run_module
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from qexp.evaluate import pack_correct, unpack_correct
+from qexp.cells.evaluate import pack_correct, unpack_correct
 from qexp.report.noise import Paired, images_measured, mcnemar_p
 
 

@@ -8,7 +8,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from qexp.cache import cell_key
+from qexp.cells.cache import cell_key
 from qexp.data import IMAGENET_NORMALIZATION, normalize
 from qexp.quant import PTQConfig, quantize_model
 from qexp.quant.core.fold import fold_batchnorm

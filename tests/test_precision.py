@@ -2,8 +2,8 @@
 
 import pytest
 
-from qexp import precision
-from qexp.precision import resolve_precision
+from qexp.training import precision
+from qexp.training.precision import resolve_precision
 
 
 @pytest.fixture
@@ -47,22 +47,24 @@ def test_the_training_configs_default_to_auto(compose_in):
 
 
 def test_a_run_resumed_on_another_cpu_says_which_precision_trained_which_epochs():
-    from qexp.precision import precision_spans
+    from qexp.training.precision import precision_spans
 
-    def epoch(n):
-        return f"[2026-12-02 03:38:26,633][qexp.callbacks][INFO] - epoch {n}/200 train/acc 0.7497 | 185.5 s"
+    def epoch(n, package="qexp.training."):
+        return f"[2026-12-02 03:38:26,633][{package}callbacks][INFO] - epoch {n}/200 train/acc 0.7497 | 185.5 s"
 
+    # A run started before the modules moved to qexp/training/ logs as qexp.callbacks and qexp.precision.
     log = "\n".join(
         [
-            epoch(1),  # an older run logged no choice
+            epoch(1, "qexp."),  # an older run logged no choice
             "[2026-12-02 00:52:13,864][qexp.precision][INFO] - precision=auto: 32-true on cpu (native bf16: False)",
-            epoch(2),
-            epoch(3),
-            "[2026-12-02 00:53:00,000][qexp.fit][INFO] - resuming from last.ckpt",
-            "[2026-12-02 06:14:00,738][qexp.precision][INFO] - precision=auto: bf16-mixed on cpu (native bf16: True)",
+            epoch(2, "qexp."),
+            epoch(3, "qexp."),
+            "[2026-12-02 00:53:00,000][qexp.training.fit][INFO] - resuming from last.ckpt",
+            "[2026-12-02 06:14:00,738][qexp.training.precision][INFO] - "
+            "precision=auto: bf16-mixed on cpu (native bf16: True)",
             epoch(4),
             epoch(5),
-            "[2026-12-02 07:00:00,000][qexp.precision][INFO] - precision: 32-true (as configured)",
+            "[2026-12-02 07:00:00,000][qexp.training.precision][INFO] - precision: 32-true (as configured)",
             epoch(6),
         ]
     )

@@ -4,7 +4,7 @@ import importlib
 
 import yaml
 
-from qexp.provenance import NOT_INSTALLED, OPTIONAL_LIBRARIES, installed_versions, versions
+from qexp.cells.provenance import NOT_INSTALLED, OPTIONAL_LIBRARIES, installed_versions, versions
 
 
 def test_versions_name_every_library_a_result_depends_on():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qexp.evaluate import sqnr_db
+from qexp.cells.evaluate import sqnr_db
 from qexp.models.resnet import ResNet
 from qexp.quant.pytorch.pt2e import Graph, lower, quantize_pt2e, used_state, x86_quantizer
 from qexp.quantize import run

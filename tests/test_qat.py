@@ -8,10 +8,10 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from qexp.cells.evaluate import top1, unpack_correct
+from qexp.cells.weights import save_weights
 from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
-from qexp.evaluate import top1, unpack_correct
-from qexp.module import Classifier
 from qexp.quant import api
 from qexp.quant.core.lsq import LearnedStepQuantizer, freeze_step_sizes, learn_step_sizes
 from qexp.quant.core.modules import Mode, QuantLayer, quantizers
@@ -20,7 +20,7 @@ from qexp.quant.qat import finetune
 from qexp.quant.qat.finetune import QATConfig, ValidationHistory, fine_tune, still_rising
 from qexp.quantize import run
 from qexp.report import report
-from qexp.weights import save_weights
+from qexp.training.module import Classifier
 from tests.conftest import compose_config, recount_top1
 from tests.test_ptq import batches, tiny_resnet
 

@@ -5,13 +5,13 @@ import pytest
 from omegaconf import DictConfig
 from torch import nn
 
+from qexp.cells.evaluate import standard_error, unpack_correct
+from qexp.cells.result import schema
+from qexp.cells.weights import checkpoint_path, load_trained, save_weights
 from qexp.data import CIFAR10DataModule, load_image_folder, normalize
-from qexp.evaluate import standard_error, unpack_correct
 from qexp.models import resnet20
 from qexp.quant import quantize
 from qexp.quantize import run
-from qexp.result import schema
-from qexp.weights import checkpoint_path, load_trained, save_weights
 from tests.conftest import compose_config, recount_top1, run_module
 
 FIELDS = {
@@ -113,8 +113,8 @@ def test_a_foreign_state_dict_is_fed_with_its_own_normalisation_and_validated_as
     """A public ResNet20 (``module.`` keys, ``linear``, ImageNet normalisation) is scored as it was trained."""
     import torch
 
+    from qexp.cells.evaluate import classify
     from qexp.data import IMAGENET_NORMALIZATION
-    from qexp.evaluate import classify
     from tests.test_fold import randomise_batchnorm
     from tests.test_weights import foreign_file
 
@@ -142,8 +142,8 @@ def test_a_foreign_state_dict_is_fed_with_its_own_normalisation_and_validated_as
 def test_a_cell_keeps_its_quantized_model_and_the_kept_model_scores_what_the_cell_reported(
     compose_in, weights_file: Path
 ):
+    from qexp.cells.result import QUANTIZED_MODEL
     from qexp.report.anatomy import load_cell_model
-    from qexp.result import QUANTIZED_MODEL
 
     cfg = compose_in("quantize", ["data=synthetic", f"checkpoint={weights_file}", "bits=4", "quant.a_bits=8"])
     result = run(cfg)

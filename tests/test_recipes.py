@@ -3,9 +3,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from qexp.cells.weights import save_weights
 from qexp.models import resnet20
-from qexp.recipes import main, recipe_row, recipes_markdown
-from qexp.weights import save_weights
+from qexp.report.recipes import main, recipe_row, recipes_markdown
 from tests.conftest import compose_config
 
 
@@ -67,6 +67,6 @@ def test_the_readme_recipe_table_is_the_committed_one():
     block = {"recipes": recipes_markdown(table).rstrip("\n")}
     assert stale_blocks((ROOT / "docs" / "training.md").read_text(), block) == [], (
         "docs/training.md's recipe table disagrees with reports/recipes/recipes.csv; regenerate it with "
-        "python -m qexp.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes "
+        "python -m qexp.report.recipes outputs/teacher/weights.pt outputs/proxies/*/weights.pt --out reports/recipes "
         "--readme docs/training.md"
     )

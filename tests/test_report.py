@@ -77,7 +77,7 @@ def correct(images: int, right: set[int]) -> str:
     """``test_correct`` of a cell that gets exactly the images in ``right`` right."""
     import torch
 
-    from qexp.evaluate import pack_correct
+    from qexp.cells.evaluate import pack_correct
 
     return pack_correct(torch.tensor([i in right for i in range(images)]))
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qexp.result import (
+from qexp.cells.result import (
     ABSENT,
     Group,
     OnnxUnsupported,
@@ -41,7 +41,7 @@ def test_every_field_of_the_record_is_on_the_page_with_its_type_and_the_page_lis
 def test_the_pages_tables_are_the_ones_the_record_generates():
     text = PAGE.read_text()
     stale = [group.value for group, body in schema_blocks(text).items() if body != schema_tables()[group]]
-    assert stale == [], f"regenerate docs/result-schema.md: python -m qexp.result docs/result-schema.md ({stale})"
+    assert stale == [], f"regenerate docs/result-schema.md: python -m qexp.cells.result docs/result-schema.md ({stale})"
     assert fill_schema(text) == text
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from qexp.cells.weights import SHIPPED, load_weights
 from qexp.quantize import run
-from qexp.weights import SHIPPED, load_weights
 
 MIRROR = Path(__file__).resolve().parent.parent / "data" / "cifar10-jpeg"
 

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from qexp.cache import cell_key
+from qexp.cells.cache import cell_key
 from tests.conftest import CONF, ROOT
 
 SWEEPS = CONF / "sweep"

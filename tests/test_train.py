@@ -5,10 +5,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from qexp.cells.weights import load_weights
 from qexp.models import resnet20
-from qexp.module import warmup_cosine
 from qexp.train import choose_weights, train
-from qexp.weights import load_weights
+from qexp.training.module import warmup_cosine
 from tests.conftest import recount_top1, run_module
 
 

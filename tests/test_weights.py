@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from qexp.cells.weights import check_held_out
 from qexp.errors import QexpError
-from qexp.weights import check_held_out
 
 LEGACY = {"config": "data:\n  source: cifar10_folder\n  val_size: 5000\n  seed: 0\n"}  # the shipped reference run
 
@@ -38,19 +38,19 @@ def test_the_validation_split_must_be_the_one_the_checkpoint_was_trained_without
 def test_loading_a_narrow_resnet20_warns(tmp_path, caplog):
     import torch
 
+    from qexp.cells.weights import load_weights, save_weights
     from qexp.models import resnet20
-    from qexp.weights import load_weights, save_weights
 
     model = resnet20()
     path = tmp_path / "w.pt"
     save_weights(path, model, "resnet20", {})
-    with caplog.at_level("WARNING", logger="qexp.weights"):
+    with caplog.at_level("WARNING", logger="qexp.cells.weights"):
         load_weights(path, resnet20(), "resnet20")
     assert "dead residual" not in caplog.text
     with torch.no_grad():
         model.layer3[0].bn2.weight[:24] = 0
     save_weights(path, model, "resnet20", {})
-    with caplog.at_level("WARNING", logger="qexp.weights"):
+    with caplog.at_level("WARNING", logger="qexp.cells.weights"):
         load_weights(path, resnet20(), "resnet20")
     assert "24 dead residual channels" in caplog.text and "layer3.0 (24)" in caplog.text
 
@@ -78,9 +78,9 @@ def foreign_file(tmp_path, model, **card):
 def test_a_foreign_state_dict_loads_through_its_side_file_with_its_normalisation(tmp_path):
     import torch
 
+    from qexp.cells.weights import load_weights, normalization_of
     from qexp.data import IMAGENET_NORMALIZATION
     from qexp.models import resnet20
-    from qexp.weights import load_weights, normalization_of
 
     torch.manual_seed(0)
     model = resnet20().eval()
@@ -95,9 +95,9 @@ def test_a_foreign_state_dict_loads_through_its_side_file_with_its_normalisation
 
 
 def test_a_qexp_weight_file_keeps_cifar10_normalisation(tmp_path):
+    from qexp.cells.weights import load_weights, normalization_of, save_weights
     from qexp.data import CIFAR10_NORMALIZATION
     from qexp.models import resnet20
-    from qexp.weights import load_weights, normalization_of, save_weights
 
     path = tmp_path / "w.pt"
     save_weights(path, resnet20(), "resnet20", {"epochs": 1})
@@ -117,8 +117,8 @@ def test_a_qexp_weight_file_keeps_cifar10_normalisation(tmp_path):
     ],
 )
 def test_a_wrong_side_file_is_one_clear_error(tmp_path, card, message):
+    from qexp.cells.weights import load_weights
     from qexp.models import resnet20
-    from qexp.weights import load_weights
 
     path = foreign_file(tmp_path, resnet20(), **card)
     with pytest.raises(QexpError, match=message):
@@ -126,8 +126,8 @@ def test_a_wrong_side_file_is_one_clear_error(tmp_path, card, message):
 
 
 def test_a_state_dict_without_a_side_file_names_the_file_to_write(tmp_path):
+    from qexp.cells.weights import load_weights
     from qexp.models import resnet20
-    from qexp.weights import load_weights
 
     path = foreign_file(tmp_path, resnet20())
     path.with_name(path.name + ".json").unlink()
@@ -136,9 +136,9 @@ def test_a_state_dict_without_a_side_file_names_the_file_to_write(tmp_path):
 
 
 def test_a_checkpoint_of_another_depth_is_one_clear_error(tmp_path):
+    from qexp.cells.weights import load_weights
     from qexp.models import resnet20
     from qexp.models.resnet import ResNet
-    from qexp.weights import load_weights
 
     path = foreign_file(tmp_path, ResNet(blocks_per_stage=5))  # a ResNet32's keys and shapes
     with pytest.raises(QexpError, match=r"does not fit resnet20: .*Unexpected key"):
@@ -148,9 +148,9 @@ def test_a_checkpoint_of_another_depth_is_one_clear_error(tmp_path):
 def test_the_side_file_is_part_of_the_cells_identity(tmp_path):
     from omegaconf import OmegaConf
 
-    from qexp.cache import cell_key, checkpoint_digest, file_digest
+    from qexp.cells.cache import cell_key, checkpoint_digest, file_digest
+    from qexp.cells.weights import save_weights
     from qexp.models import resnet20
-    from qexp.weights import save_weights
 
     cfg = OmegaConf.create({"quant": {"method": "none"}, "bits": 8})
     own = tmp_path / "own.pt"

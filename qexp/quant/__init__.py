@@ -7,7 +7,6 @@ from qexp.quant.api import (
     qat_config,
     quantize,
     recovery,
-    unread_settings,
     weight_grid,
 )
 from qexp.quant.core.affine import check_bits
@@ -36,6 +35,5 @@ __all__ = [
     "reconstruction_units",
     "recovery",
     "serialized_bytes",
-    "unread_settings",
     "weight_grid",
 ]

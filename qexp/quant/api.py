@@ -17,9 +17,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from qexp.cells.evaluate import classify
+from qexp.cells.result import Pt2eFields, QATFields
 from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
-from qexp.evaluate import classify
 from qexp.quant.core.affine import check_bits
 from qexp.quant.custom.ptq import PTQConfig, quantize_model
 from qexp.quant.custom.reconstruct import ReconstructionConfig
@@ -27,7 +28,6 @@ from qexp.quant.export.packed import integer_export, serialized_bytes
 from qexp.quant.pytorch import fx, pt2e
 from qexp.quant.pytorch.float16 import FP16_REASON, stored_float16, to_float16
 from qexp.quant.qat.finetune import QATConfig, fine_tune
-from qexp.result import Pt2eFields, QATFields
 
 METHODS = ("none", "custom_ptq", "torch_ptq", "qat")
 FLOWS = ("fx", "pt2e")
@@ -40,7 +40,7 @@ class Quantized(NamedTuple):
     size_bytes: int
     calib_images: int
     note: str
-    method_fields: Pt2eFields | QATFields | None = None  # what only this method measures (``qexp.result``)
+    method_fields: Pt2eFields | QATFields | None = None  # what only this method measures (``qexp.cells.result``)
     observed: bool = True  # False: nothing was observed (a cast), so the cell has no observer
 
 
@@ -80,7 +80,7 @@ def quantize(
     ``datamodule``'s calibration images (training data); pt2e also reads the test split, for the
     top-1 of its reference graph and an example batch to compile with. QAT trains on the
     training split and validates on the validation split, which must be one the model was trained
-    without: ``qexp.weights.load_trained`` checks that against the weight file before a model gets
+    without: ``qexp.cells.weights.load_trained`` checks that against the weight file before a model gets
     here (this package knows nothing of weight files). QAT checkpoints into ``workdir`` and, with
     ``resume``, continues from the checkpoint there. Calibration runs where ``model``'s parameters
     are; PyTorch's int8 flows run on the CPU, the only device their x86 kernels have.
@@ -176,27 +176,6 @@ def ptq_config(quant: DictConfig) -> PTQConfig:
         shared_activations=quant.shared_activations,
         weight_grid=quant.weight_grid,
     )
-
-
-def is_float16_cast(quant: DictConfig) -> bool:
-    """Whether ``quant`` is PyTorch's 16-bit cell: the float16 cast (``pytorch/float16.py``), which observes nothing."""
-    return quant.method == "torch_ptq" and quant.get("flow") != "pt2e" and (quant.w_bits, quant.a_bits) == (16, 16)
-
-
-def unread_settings(cfg: DictConfig) -> tuple[str, ...]:
-    """Dotted keys of a cell's config (``conf/quantize.yaml`` composed) that its method never reads.
-
-    They cannot change the cell's numbers, so they must not tell two cells apart (``cache.cell_key``):
-    the float model (``quant=none``) reads neither ``bits`` nor an observer, and the float16 cast
-    observes nothing, so ``observer=minmax,mse`` gives one such cell, not two identical ones. Both
-    record their observer as ``"none"``.
-    """
-    observer = ("quant.observer", "quant.percentile")
-    if cfg.quant.method == "none":
-        return ("bits", *observer)
-    if is_float16_cast(cfg.quant):
-        return observer
-    return ()
 
 
 def weight_grid(quant: DictConfig) -> str | None:

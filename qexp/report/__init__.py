@@ -14,6 +14,7 @@ Running it again on the same inputs rewrites the same files.
 - ``plots.py``: the figures
 - ``readme.py``: the generated blocks of the README and docs/ pages
 - ``cli.py``: the command line
+- ``recipes.py``: ``python -m qexp.report.recipes``, the table of training recipes compared on validation
 """
 
 from qexp.report.cli import main, report, report_from_csv

@@ -35,8 +35,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from qexp.cells.evaluate import decibels, sqnr_db
+from qexp.cells.result import QUANTIZED_MODEL
 from qexp.errors import QexpError
-from qexp.evaluate import decibels, sqnr_db
 from qexp.quant import PTQConfig, layer_names, ptq_config
 from qexp.quant.core.affine import dequantize
 from qexp.quant.core.capture import keep_input, keep_output, record
@@ -47,7 +48,6 @@ from qexp.quant.custom.equalize import equalize_blocks
 from qexp.quant.custom.ptq import insert_quantizers
 from qexp.report.cells import METHOD_NAMES, recipe
 from qexp.report.plots import COLOURS, RECIPE_COLOURS, _pyplot, _save
-from qexp.result import QUANTIZED_MODEL
 
 # The quantized model a finished cell keeps beside its result.json (its state_dict), written by qexp.quantize.
 OBSERVER_COLOURS = {"minmax": "tab:red", "percentile": "tab:orange", "mse": "tab:blue"}

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from qexp.provenance import portable_path
+from qexp.cells.provenance import portable_path
 
 CELL = [
     "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",

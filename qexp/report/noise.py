@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from qexp.evaluate import standard_error, unpack_correct
+from qexp.cells.evaluate import standard_error, unpack_correct
 from qexp.report.cells import cell_name, has
 from qexp.report.selection import fp32_cell, ok_cells, pytorch_int8, round_to_nearest
 

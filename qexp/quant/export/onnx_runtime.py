@@ -7,7 +7,7 @@ kernel. So a cell records the operators of the graph ONNX Runtime actually runs 
 only its accuracy: a 4-bit graph that agrees with our simulation but runs float convolutions is a
 file format, not an integer deployment.
 
-Latency follows ``benchmarks/latency.py`` (``qexp.timing``): a session with a fixed thread count,
+Latency follows ``benchmarks/latency.py`` (``timing.py``): a session with a fixed thread count,
 warm-up, the median of repeats, batch 1 and batch 256.
 """
 
@@ -22,7 +22,7 @@ import onnxruntime
 from torch import Tensor
 
 from qexp.quant.export.qdq import INPUT, operator_counts
-from qexp.timing import median_seconds, repeats_for
+from qexp.quant.export.timing import median_seconds, repeats_for
 
 # ONNX Runtime 1.32 fuses 2-bit Q/DQ pairs into QLinearConv, which then rejects its uint2 input
 # (INVALID_GRAPH at load); with its QDQ fusion off the same graph runs, dequantized before every layer.
@@ -77,7 +77,7 @@ def logits(runner: onnxruntime.InferenceSession, images: Tensor, batch_size: int
 def latency_ms(
     model: onnx.ModelProto, batch_sizes: tuple[int, ...] = (1, 256), repeats: int = 20, threads: int = LATENCY_THREADS
 ) -> dict[int, float]:
-    """Median milliseconds per run of ``model`` at each batch size (``qexp.timing``), on random uint8 images."""
+    """Median milliseconds per run of ``model`` at each batch size (``timing.py``), on random uint8 images."""
     runner = session(model, threads)
     rng = np.random.default_rng(0)
     measured = {}

@@ -32,13 +32,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
-from qexp.callbacks import EpochLog
+from qexp.cells.evaluate import top1
 from qexp.data import CIFAR10DataModule
 from qexp.errors import QexpError
-from qexp.evaluate import top1
-from qexp.fit import fit_resumably
-from qexp.module import Classifier
 from qexp.quant.core.lsq import freeze_step_sizes, learn_step_sizes
+from qexp.training.callbacks import EpochLog
+from qexp.training.fit import fit_resumably
+from qexp.training.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def fine_tune(
     (``checkpoints/``): ``last.ckpt`` after every epoch (``resume`` continues from it) and
     ``best.ckpt``, the epoch with the best validation top-1, which is the model returned.
     Validation is in fp32 (the module docstring says why), the start included: ``student``'s own
-    validation top-1 is measured first, through ``qexp.evaluate`` as every cell's ``val_top1`` is.
+    validation top-1 is measured first, through ``qexp.cells.evaluate`` as every cell's ``val_top1`` is.
     When the last epoch is the best one a warning says that the curve was still rising.
     ``teacher`` is frozen and put in eval mode.
     """

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from qexp.atomic import write_atomically
+from qexp.cells.evaluate import Predictions
+from qexp.cells.result import OnnxExport, OnnxUnsupported
 from qexp.data import CIFAR10_NORMALIZATION, Normalization, Split
 from qexp.errors import QexpError
-from qexp.evaluate import Predictions
 from qexp.quant.core.fold import fold_batchnorm
 from qexp.quant.export import onnx_runtime
 from qexp.quant.export.qdq import to_onnx
 from qexp.quant.unsupported import Unsupported
-from qexp.result import OnnxExport, OnnxUnsupported
 
 EXPORTS = (None, "onnx")
 EXPORTABLE = ("none", "custom_ptq", "qat")  # methods whose model is ours (float, or FakeQuantize modules)

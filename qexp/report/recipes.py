@@ -1,4 +1,5 @@
-"""``python -m qexp.recipes WEIGHTS... --out reports/recipes``: the table of training recipes compared on validation.
+"""``python -m qexp.report.recipes WEIGHTS... --out reports/recipes``: the table of training recipes compared on
+validation.
 
 Every recipe choice (cutout, label smoothing, weight decay, teacher, T and alpha, length) is made
 on proxy runs scored on the 5 000 held-out training images. This reads the weight files those

@@ -3,13 +3,13 @@
 ``Result`` holds every field in the order it is written, each with its type and a one-line
 meaning. What only some methods measure are records of their own, which those paths return:
 ``Pt2eFields`` and ``QATFields`` from the quantization API (``Quantized.method_fields``),
-``OnnxExport`` or ``OnnxUnsupported`` from ``export=onnx`` (``qexp.deploy.export_fields``). ``to_dict``
+``OnnxExport`` or ``OnnxUnsupported`` from ``export=onnx`` (``qexp.quant.export.deploy.export_fields``). ``to_dict``
 writes them flat, in place. A field is null when it does not apply to the cell (``flow`` of our
 PTQ) and left out of the file (``ABSENT``) when the cell never measured it: a cell that failed
 before evaluating, a split the data lacks, a method that does not have it. That is how every
 committed cell was written, so the report reads old and new files alike.
 
-The tables of docs/result-schema.md are generated from here (``python -m qexp.result
+The tables of docs/result-schema.md are generated from here (``python -m qexp.cells.result
 docs/result-schema.md`` refills them; a test checks they are current). ``RESULT_SCHEMA`` is the
 version ``cache.cell_key`` hashes.
 """
@@ -247,7 +247,7 @@ class Result:
         str | Absent,
         Doc(
             Group.ACCURACY,
-            "which test images the cell got right: base64 of one bit per image (`qexp.evaluate.unpack_correct`); "
+            "which test images the cell got right: base64 of one bit per image (`qexp.cells.evaluate.unpack_correct`); "
             "the report's McNemar tests pair cells with it",
         ),
     ] = ABSENT
@@ -396,6 +396,6 @@ def fill_schema(text: str) -> str:
     return text
 
 
-if __name__ == "__main__":  # python -m qexp.result docs/result-schema.md: refill the page's tables from the record
+if __name__ == "__main__":  # python -m qexp.cells.result docs/result-schema.md: refill the page's tables
     for page in map(Path, sys.argv[1:]):
         page.write_text(fill_schema(page.read_text()))

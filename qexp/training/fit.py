@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from qexp.precision import resolve_precision
+from qexp.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def fit_resumably(
     With ``resume``, an existing ``<directory>/checkpoints/last.ckpt`` is continued: the epoch,
     optimizer, schedule and callbacks' states come back. ``trainer_overrides`` (e.g. ``max_epochs``)
     are passed to the Trainer over ``trainer_cfg``. ``precision: auto`` is resolved from the hardware
-    (``qexp.precision``) before the Trainer sees it.
+    (``qexp.training.precision``) before the Trainer sees it.
     """
     interactive = sys.stdout.isatty()
     if interactive:

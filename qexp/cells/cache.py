@@ -18,11 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from qexp.atomic import write_atomically
+from qexp.cells.provenance import file_digest
+from qexp.cells.result import RESULT_SCHEMA
+from qexp.cells.weights import side_file
 from qexp.data import Split
-from qexp.provenance import file_digest
-from qexp.quant import unread_settings
-from qexp.result import RESULT_SCHEMA
-from qexp.weights import side_file
 
 # Config keys that do not change a cell's numbers: where it writes, how many threads, whether to redo, and
 # whether it also exports its model (an exported cell is the same cell with the ONNX fields added).
@@ -39,10 +38,32 @@ def checkpoint_digest(checkpoint: Path) -> str:
     return file_digest(checkpoint) + (f" side file {file_digest(card)}" if card.is_file() else "")
 
 
+def is_float16_cast(quant: DictConfig) -> bool:
+    """Whether ``quant`` is PyTorch's 16-bit cell: the float16 cast (``qexp/quant/pytorch/float16.py``), which
+    observes nothing."""
+    return quant.method == "torch_ptq" and quant.get("flow") != "pt2e" and (quant.w_bits, quant.a_bits) == (16, 16)
+
+
+def unread_settings(cfg: DictConfig) -> tuple[str, ...]:
+    """Dotted keys of a cell's config (``conf/quantize.yaml`` composed) that its method never reads.
+
+    They cannot change the cell's numbers, so they must not tell two cells apart (``cell_key``):
+    the float model (``quant=none``) reads neither ``bits`` nor an observer, and the float16 cast
+    observes nothing, so ``observer=minmax,mse`` gives one such cell, not two identical ones. Both
+    record their observer as ``"none"``.
+    """
+    observer = ("quant.observer", "quant.percentile")
+    if cfg.quant.method == "none":
+        return ("bits", *observer)
+    if is_float16_cast(cfg.quant):
+        return observer
+    return ()
+
+
 def cell_key(cfg: DictConfig, checkpoint: Path) -> str:
     """The content hash that identifies a cell: its resolved config (less ``RUN_ONLY_KEYS`` and the settings its
-    method never reads, ``quant.unread_settings``), its checkpoint (``checkpoint_digest``) and
-    ``qexp.result.RESULT_SCHEMA``."""
+    method never reads, ``unread_settings``), its checkpoint (``checkpoint_digest``) and
+    ``qexp.cells.result.RESULT_SCHEMA``."""
     config = OmegaConf.to_container(cfg, resolve=True)
     for key in RUN_ONLY_KEYS:
         config.pop(key, None)

@@ -62,9 +62,10 @@ def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
     return chosen
 
 
-# What resolve_precision and the epoch log (qexp.callbacks.EpochLog) write into a run's train.log.
-_PRECISION_LINE = re.compile(r"\[qexp\.precision\]\[INFO\] - precision(?:=auto)?: (\S+)")
-_EPOCH_LINE = re.compile(r"\[qexp\.callbacks\]\[INFO\] - epoch (\d+)/\d+ ")
+# What resolve_precision and the epoch log (qexp.training.callbacks.EpochLog) write into a run's train.log; a run
+# logged before these modules moved to qexp/training/ names them qexp.precision and qexp.callbacks.
+_PRECISION_LINE = re.compile(r"\[qexp\.(?:training\.)?precision\]\[INFO\] - precision(?:=auto)?: (\S+)")
+_EPOCH_LINE = re.compile(r"\[qexp\.(?:training\.)?callbacks\]\[INFO\] - epoch (\d+)/\d+ ")
 
 
 def precision_spans(log_text: str) -> list[dict[str, Any]]:

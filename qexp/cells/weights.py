@@ -24,10 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qexp.atomic import write_atomically
+from qexp.cells.provenance import file_digest, portable_path
 from qexp.data import CIFAR10_NORMALIZATION, CIFAR10DataModule, Normalization
 from qexp.errors import QexpError
 from qexp.models import dead_residual_channels
-from qexp.provenance import file_digest, portable_path
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``python -m qexp.curves RUN_DIR [RUN_DIR ...] --out reports/NAME``: learning curves of training runs.
+"""``python -m qexp.training.curves RUN_DIR [RUN_DIR ...] --out reports/NAME``: learning curves of training runs.
 
 Reads every ``csv/version_*/metrics.csv`` Lightning's CSV logger wrote under each ``RUN_DIR`` (a
 run resumed in later sessions adds a version each time), keeps one row per epoch (the newest), and

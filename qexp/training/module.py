@@ -96,7 +96,7 @@ class Classifier(L.LightningModule):
 
     ``fp32_validation`` makes the validation step compute in float32 whatever the training precision
     (Lightning runs it inside the ``bf16-mixed`` autocast otherwise), so that ``val/acc`` is what an
-    fp32 evaluation (``qexp.evaluate``) of the same model counts: QAT chooses its epoch on it. Off by
+    fp32 evaluation (``qexp.cells.evaluate``) of the same model counts: QAT chooses its epoch on it. Off by
     default, so that a training run's validation curve keeps meaning what it meant when it started.
     """
 
