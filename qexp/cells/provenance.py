@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-CHECKOUT = Path(__file__).resolve().parent.parent  # the project's root, where the commands run
+CHECKOUT = Path(__file__).resolve().parents[2]  # the project's root, where the commands run
 
 
 def git_commit() -> str:

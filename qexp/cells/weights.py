@@ -31,7 +31,7 @@ from qexp.models import dead_residual_channels
 
 log = logging.getLogger(__name__)
 
-SHIPPED = Path(__file__).parent / "assets" / "resnet20_cifar10_jpeg.pt"
+SHIPPED = Path(__file__).parents[1] / "assets" / "resnet20_cifar10_jpeg.pt"
 # The side file of a foreign weight file: each field, and what it says.
 FOREIGN_CARD_FIELDS = {
     "arch": "the model factory, e.g. 'resnet20' (required)",
