@@ -17,8 +17,8 @@ REPORT ?= multirun_reports/resnet20_ptq
 ARGS ?=
 # The shipped checkpoint's held-out split exists only in the mirror's order: on torchvision's copy
 # nothing is validated (qexp.cells.weights.check_held_out).
-VAL := $(if $(wildcard $(MIRROR)),, data.val_size=0)
-CELL_ARGS := $(ARGS)$(VAL)$(if $(REDO), redo=true,)
+VAL := $(if $(wildcard $(MIRROR)),,data.val_size=0)
+CELL_ARGS := $(strip $(ARGS) $(VAL) $(if $(REDO),redo=true,))
 
 .PHONY: venv data test demo grid recovery levels qat onnx report teacher train proxies lint
 
@@ -82,13 +82,14 @@ grid:
 # correction, mixed precision, W2A2, then AdaRound per layer. Results land beside the grid's and
 # in the same report.
 recovery: venv data
-	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS)$(VAL)
+	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS) $(VAL)
 	$(call sweep,recovery/brecq,$(RECOVERY))
 	$(call sweep,recovery/w2a4,$(RECOVERY))
 	$(call sweep,recovery/cle_bias,$(RECOVERY))
 	$(call sweep,recovery/mixed,$(RECOVERY))
 	$(call sweep,recovery/brecq_a2,$(RECOVERY))
 	$(call sweep,recovery/adaround,$(RECOVERY))
+	$(call sweep,recovery/per_reader,$(RECOVERY))
 	$(MAKE) levels report
 
 # The fourth 2-bit weight level (quant.weight_grid=full): round-to-nearest, and BRECQ fitted on all
@@ -105,8 +106,8 @@ qat: venv data
 	$(call sweep,qat/w2a4,$(QAT))
 	$(MAKE) report
 
-# Our models as ONNX QDQ graphs on ONNX Runtime (export=onnx): FP32, round-to-nearest at every width (per-reader
-# grids, as the grid's cells, and W8A8 with shared grids, the layout that runs on integer kernels end to end), and
+# Our models as ONNX QDQ graphs on ONNX Runtime (export=onnx): FP32, round-to-nearest at every width (shared grids,
+# as the grid's cells: the layout that runs on integer kernels end to end, and W8A8 with a grid per reader), and
 # the BRECQ W4A4 model (held_out=0, as the committed cell). About 15 minutes on the 2-core Xeon, then the report.
 ONNX ?= multirun/onnx
 onnx: venv data
@@ -114,15 +115,17 @@ onnx: venv data
 	$(call sweep,onnx/custom,$(ONNX))
 	$(call sweep,onnx/custom_minmax,$(ONNX))
 	$(call sweep,onnx/custom_a8,$(ONNX))
-	$(call sweep,onnx/shared,$(ONNX))
+	$(call sweep,onnx/per_reader,$(ONNX))
 	$(call sweep,onnx/brecq,$(ONNX))
 	$(MAKE) report
 
 # The sweeps' cells merged into the committed report: a re-run cell replaces its committed twin, every
-# other committed cell stays (a report of the sweeps alone would drop them).
+# other committed cell stays (a report of the sweeps alone would drop them). The README's and docs' generated
+# tables follow, with the narrow network's headline numbers (its committed cells, NARROW) beside the new ones.
+NARROW := multirun_reports/resnet20_narrow/results.csv
 report:
 	$(PY) -m qexp.report $(if $(wildcard $(REPORT)/results.csv),--from-csv $(REPORT)/results.csv,) \
-		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX)) --out $(REPORT)
+		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX)) --out $(REPORT) --readme README.md docs --baseline $(NARROW)
 
 # The reference recipe on the full-width ResNet20 (conf/experiment/final.yaml, 200 epochs -> outputs/final,
 # the candidate to replace the shipped checkpoint; resumes an interrupted run), and the distillation teacher.

@@ -147,7 +147,7 @@ def cell_fields(quant: DictConfig) -> dict[str, Any]:
         "a_bits": quant.a_bits,
         "recovery": recovery(quant),
         "weight_grid": weight_grid(quant),
-        "shared_activations": quant.shared_activations or None,
+        "shared_activations": quant.shared_activations,
         "first_last_bits": quant.first_last_bits,
     }
 

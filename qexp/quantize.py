@@ -100,7 +100,7 @@ def new_result(cfg: DictConfig, checkpoint: Path) -> Result:
         flow=quant.get("flow"),
         recovery=recovery(quant),
         average_bits=quant.get("average_bits"),
-        shared_activations=quant.get("shared_activations") or None,  # None: a grid per reader, as before
+        shared_activations=quant.get("shared_activations"),  # None: a method without our activation grids
         weight_grid=weight_grid(quant),
         export=cfg.get("export"),
         checkpoint=portable_path(checkpoint),

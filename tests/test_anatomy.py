@@ -77,7 +77,7 @@ def test_each_activation_range_is_what_calibration_gives_the_layers_input_quanti
     assert tensor.values.min() >= values.min() and tensor.values.max() <= values.max()
     for grid in tensor.grids:
         quantized, _ = quantize_model(model, PTQConfig(8, grid.bits, observer=grid.observer), calibration)
-        quantizer = quantized.get_submodule("layer2.0.conv1").input_quantizer
+        quantizer = quantized.get_submodule("layer2.0.conv1").input_quantizer.quantizer  # its producer's shared grid
         assert (grid.scale, grid.zero_point) == (float(quantizer.scale), float(quantizer.zero_point))
         assert (grid.low, grid.high) == tuple(float(v) for v in quantizer.observer.clip_range())
         assert len(grid.levels) == 2**grid.bits and grid.levels[0] == pytest.approx(0.0, abs=1e-6)  # after ReLU

@@ -31,8 +31,8 @@ def test_ptq_config_and_recovery_read_the_composed_cell(compose_in):
     assert isinstance(config, PTQConfig) and (config.w_bits, config.a_bits) == (4, 8)
     assert config.reconstruction is not None and config.reconstruction.unit == "layer"
     assert config.mixed_widths == (8, 4, 2) and config.average_bits is None
-    assert not config.shared_activations
-    assert ptq_config(compose_in("quantize", ["quant.shared_activations=true"]).quant).shared_activations
+    assert config.shared_activations  # one grid per tensor, as integer runtimes run it
+    assert not ptq_config(compose_in("quantize", ["quant.shared_activations=false"]).quant).shared_activations
     assert recovery(quant) == "CLE + AdaRound+LSQ+QDrop 2000 steps, 0.125 held out + bias corr."
     all_fitted = compose_in("quantize", [*overrides, "quant.reconstruction.held_out=0"]).quant
     assert recovery(all_fitted) == "CLE + AdaRound+LSQ+QDrop 2000 steps + bias corr."  # as cells made before the split

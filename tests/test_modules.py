@@ -38,7 +38,7 @@ def test_a_frozen_quantizer_computes_the_integers_that_are_exported(bits, symmet
 
 def test_quantizers_are_told_apart_by_role(model_and_data):
     model, calibration, _ = model_and_data
-    quantized, _ = quantize_model(model, PTQConfig(4, 8), calibration)
+    quantized, _ = quantize_model(model, PTQConfig(4, 8, shared_activations=False), calibration)
     weights, activations = quantizers(quantized, "weight"), quantizers(quantized, "activation")
     assert len(weights) == 20 and len(activations) == 38
     assert {q.bits for q in weights.values()} == {4} and {q.bits for q in activations.values()} == {8}
@@ -48,7 +48,7 @@ def test_quantizers_are_told_apart_by_role(model_and_data):
 
 def test_shared_activations_quantize_each_block_output_once_for_both_readers(model_and_data):
     model, calibration, _ = model_and_data
-    per_reader, _ = quantize_model(model, PTQConfig(4, 8), calibration)
+    per_reader, _ = quantize_model(model, PTQConfig(4, 8, shared_activations=False), calibration)
     shared, _ = quantize_model(model, PTQConfig(4, 8, shared_activations=True), calibration)
     # 38 -> 29: the stem's output and the outputs of the first 8 blocks lose their second quantizer
     # (the next conv1's input and the next add's shortcut operand become one, at the producing ReLU).

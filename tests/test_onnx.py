@@ -110,7 +110,7 @@ def initializer(graph: onnx.ModelProto, prefix: str) -> np.ndarray:
 
 
 def test_the_file_holds_our_integers_scales_zero_points_and_biases(model_and_data, images):
-    model = quantized(model_and_data, images)
+    model = quantized(model_and_data, images, shared_activations=False)
     graph = to_onnx(model)
     layer = model.get_submodule("layer2.0.conv1")
     assert isinstance(layer, QuantLayer)

@@ -54,7 +54,7 @@ def test_error_falls_as_bits_rise_and_16_bits_is_nearly_exact(model_and_data):
 
 def test_every_layer_and_add_is_quantized_and_calibrated(model_and_data):
     model, calibration, _ = model_and_data
-    quantized, images = quantize_model(model, PTQConfig(4, 4, "mse"), calibration)
+    quantized, images = quantize_model(model, PTQConfig(4, 4, "mse", shared_activations=False), calibration)
     assert images == 64
     layers = [m for m in quantized.modules() if isinstance(m, QuantLayer)]
     assert len(layers) == 20 and not any(
@@ -86,7 +86,7 @@ def test_first_last_bits_only_changes_the_edge_layers(model_and_data):
 )
 def test_shared_activations_keep_one_frozen_grid_per_tensor_with_every_recovery_option(options):
     model = tiny_resnet()
-    per_reader, _ = quantize_model(model, PTQConfig(2, 4, **options), batches(1))
+    per_reader, _ = quantize_model(model, PTQConfig(2, 4, shared_activations=False, **options), batches(1))
     shared, _ = quantize_model(model, PTQConfig(2, 4, shared_activations=True, **options), batches(1))
     producers = {name: m.output_quantizer for name, m in shared.named_modules() if isinstance(m, QuantOutput)}
     assert list(producers) == ["relu", "layer1.0.relu2", "layer2.0.relu2"]

@@ -11,6 +11,7 @@ from qexp.report.readme import fill, fill_pages, markdown_pages, page_blocks, st
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "multirun_reports" / "resnet20_ptq"
+NARROW = ROOT / "multirun_reports" / "resnet20_narrow" / "results.csv"  # the checkpoint the study replaced
 PAGES = [ROOT / "README.md", ROOT / "docs"]
 
 
@@ -18,24 +19,21 @@ def test_the_pages_tables_are_what_the_committed_results_csv_gives():
     frame = read_results(REPORT / "results.csv")
     pages = markdown_pages(PAGES)
     assert ROOT / "docs" / "recovery.md" in pages and len(pages) > 2
-    blocks_for = page_blocks(frame, REPORT)
+    blocks_for = page_blocks(frame, REPORT, read_results(NARROW))
     stale = stale_pages({page: page.read_text() for page in pages}, blocks_for)
     assert stale == {}, (
         f"generated blocks { {str(page.relative_to(ROOT)): names for page, names in stale.items()} } disagree with "
         f"{REPORT.relative_to(ROOT)}/results.csv; regenerate them with "
         "python -m qexp.report --from-csv multirun_reports/resnet20_ptq/results.csv "
-        "--out multirun_reports/resnet20_ptq --readme README.md docs"
+        "--out multirun_reports/resnet20_ptq --readme README.md docs --baseline multirun_reports/resnet20_narrow/results.csv"
     )
     blocks = blocks_for(ROOT / "README.md")
     assert "![results at a glance](multirun_reports/resnet20_ptq/glance.png)" in blocks["glance"]
     in_docs = blocks_for(ROOT / "docs" / "page.md")["glance"]  # a page links the figure from its own folder
     assert "![results at a glance](../multirun_reports/resnet20_ptq/glance.png)" in in_docs
-    assert "| ours, round-to-nearest · mse | W4A4 | 80.89 | -6.05, loss | 141 | 137 |" in blocks["glance"]
-    brecq = "| + BRECQ+LSQ+QDrop 2000 steps |  |  | **84.60 (-2.34)** | 64.12 (-22.82) | 37.94 (-49.00) |"
-    qat = "| + QAT |  |  | 84.41 (-2.53) | **79.64 (-7.30)** |"
-    assert brecq in blocks["recovery"] and qat in blocks["recovery"]
-    assert "| + BRECQ+LSQ+QDrop 8000 steps |  |  |  | 72.19 (-14.75) |  | 2099 |" in blocks["recovery"]
-    assert "| ours · mse · shared grids · W8 | W8A8 | 86.93 | 86.93 | 99.28 | 28 | 13 |" in blocks["onnx"]
+    assert "| ours, round-to-nearest · mse | W4A4 | 84.50 | -4.95, loss | 141 | 137 |" in blocks["glance"]
+    assert "| FP32 | 86.94 | 89.45 |" in blocks["baseline"]  # the narrow network beside the full-width one
+    assert "| W4A4, round-to-nearest | 80.89 (-6.05) · mse | 84.50 (-4.95) · mse |" in blocks["baseline"]
 
 
 def test_fill_replaces_only_between_the_markers():

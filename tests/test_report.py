@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from qexp.report import main, report
-from qexp.report.cells import collect, merge, read_results, variant
+from qexp.report.cells import collect, merge, read_results, recipe, variant
 from qexp.report.tables import onnx_table, recovery_table, results_markdown, size_table
 
 
@@ -231,13 +231,18 @@ def test_qat_cells_are_a_method_of_their_own_in_every_table(tmp_path: Path):
     assert len(list((tmp_path / "report").glob("*.png"))) == 4
 
 
-def test_shared_activation_grids_are_a_cell_of_their_own(tmp_path: Path):
+def test_a_grid_per_reader_is_a_cell_of_its_own_and_named_after_a_csv_round_trip(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    fake_cell(sweep, "0", "2026-01-01T00:00:00", w_bits=4, a_bits=4, top1=80.0)
-    fake_cell(sweep, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=81.0, shared_activations=True)
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", w_bits=4, a_bits=4, top1=80.0, shared_activations=True)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=81.0, shared_activations=False)
+    fake_cell(sweep, "2", "2026-01-01T00:00:02", quant="torch_ptq", top1=82.0, shared_activations=None)
     frame = collect([sweep])
-    assert len(frame) == 2  # not one duplicate of the other
-    assert sorted(variant(row) for _, row in frame.iterrows()) == ["ours · minmax", "ours · minmax · shared grids"]
+    assert len(frame) == 3  # not one duplicate of the other
+    names = ["PyTorch · minmax", "ours · minmax", "ours · minmax · grid per reader"]
+    assert sorted(variant(row) for _, row in frame.iterrows()) == names
+    assert sorted(str(recipe(row)) for _, row in frame.iterrows()) == ["None", "None", "grid per reader"]
+    frame.to_csv(tmp_path / "results.csv", index=False)  # read back: booleans beside a blank (NaN)
+    assert sorted(variant(row) for _, row in read_results(tmp_path / "results.csv").iterrows()) == names
 
 
 def test_a_full_range_weight_grid_is_a_cell_of_its_own_and_a_validation_table_appears(tmp_path: Path):
@@ -289,7 +294,8 @@ def test_exported_cells_get_an_onnx_runtime_row_and_the_newer_twin_is_shown(tmp_
 
 def test_the_demos_report_step_keeps_every_committed_cell(tmp_path: Path):
     """``make report`` merges the demo's sweeps into the committed results.csv: nothing committed is dropped."""
-    committed = pd.read_csv(Path(__file__).resolve().parent.parent / "multirun_reports/resnet20_ptq/results.csv")
+    # the narrow network's committed report: every kind of cell (grid, recovery, QAT, ONNX) of one checkpoint
+    committed = pd.read_csv(Path(__file__).resolve().parent.parent / "multirun_reports/resnet20_narrow/results.csv")
     report_dir = tmp_path / "report"
     report_dir.mkdir()
     committed.to_csv(report_dir / "results.csv", index=False)
@@ -304,3 +310,30 @@ def test_the_demos_report_step_keeps_every_committed_cell(tmp_path: Path):
     assert set(merged["cell_key"].dropna()) == set(committed["cell_key"].dropna())
     assert merged.loc[merged["cell_key"] == redone["cell_key"], "top1"].tolist() == [12.5]  # the demo's cell won
     assert (report_dir / "results.md").read_text().count("ONNX Runtime") >= 1
+
+
+def test_the_baseline_block_sets_each_headline_cell_beside_the_other_checkpoints(tmp_path: Path):
+    """``--baseline``: the older checkpoint's headline numbers beside these, each against its own FP32."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    fp32 = {"quant": "none", "w_bits": 32, "a_bits": 32, "observer": "none"}
+    fake_cell(old, "0", "2026-01-01T00:00:00", **fp32, top1=87.0, fp32_top1=87.0, checkpoint="old.pt")
+    fake_cell(old, "1", "2026-01-01T00:00:01", w_bits=4, a_bits=4, top1=80.0, fp32_top1=87.0, checkpoint="old.pt")
+    fake_cell(old, "2", "2026-01-01T00:00:02", w_bits=4, a_bits=4, top1=84.0, fp32_top1=87.0, checkpoint="old.pt",
+              recovery="BRECQ 3 steps")  # fmt: skip
+    fake_cell(old, "3", "2026-01-01T00:00:03", w_bits=2, a_bits=4, top1=60.0, fp32_top1=87.0, checkpoint="old.pt",
+              recovery="BRECQ 3 steps")  # fmt: skip
+    fake_cell(new, "0", "2026-01-01T00:00:04", **fp32, top1=90.0, fp32_top1=90.0)
+    fake_cell(new, "1", "2026-01-01T00:00:05", w_bits=4, a_bits=4, top1=85.5, fp32_top1=90.0, observer="mse")
+    fake_cell(new, "2", "2026-01-01T00:00:06", w_bits=4, a_bits=4, top1=85.0, fp32_top1=90.0)  # minmax: not the best
+    report([old], tmp_path / "old_report")
+    pages = tmp_path / "README.md"
+    blocks = ["glance", "results", "sizes", "recovery", "mixed", "onnx", "baseline"]  # every block needs a place
+    pages.write_text("".join(f"<!-- report:{name} -->\n<!-- /report:{name} -->\n" for name in blocks))
+    args = [str(new), "--out", str(tmp_path / "report"), "--readme", str(pages)]
+    assert main([*args, "--baseline", str(tmp_path / "old_report" / "results.csv")]) == 0
+    text = pages.read_text()
+    assert "| FP32 | 87.00 | 90.00 |" in text
+    assert "| W4A4, round-to-nearest | 80.00 (-7.00) · minmax | 85.50 (-4.50) · mse |" in text
+    assert "| W4A4, best recovery recipe | 84.00 (-3.00) · minmax · BRECQ 3 steps |  |" in text  # not run on the new
+    assert "| W2A4, best of our PTQ | 60.00 (-27.00) · minmax · BRECQ 3 steps |  |" in text
+    assert "| W2A4, QAT |  |  |" in text

@@ -25,7 +25,8 @@ def test_shipped_checkpoint_scores_what_its_metadata_says(compose_in):
     meta = load_weights(SHIPPED, resnet20(), "resnet20")
     result = run(compose_in("quantize", ["quant=none"]))
     assert result["status"] == "ok"
-    assert abs(result["top1"] - meta["test_top1"]) < 0.05
+    # training tests in its own precision (bf16 on some CPUs) and records the fp32 figure beside it
+    assert abs(result["top1"] - meta.get("test_top1_fp32", meta["test_top1"])) < 0.05
 
 
 @pytest.mark.parametrize(("quant", "tolerance"), [("custom_ptq", 0.5), ("torch_ptq", 1.0)])
@@ -34,7 +35,6 @@ def test_eight_bits_stays_close_to_fp32(compose_in, quant, tolerance):
     assert result["status"] == "ok" and result["fp32_top1"] - result["top1"] < tolerance
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped file is still the narrow network until the full-width run lands")
 def test_no_block_of_the_shipped_network_has_an_output_channel_that_is_always_zero():
     """On a batch of real test images, every channel of every block's residual branch (``bn2``'s output) varies."""
     import torch

@@ -58,6 +58,8 @@ REPLACED = {
     "hydra.sweep.dir=multirun/recovery/full_grid",
     "recovery/full_grid_brecq": "quant=custom_ptq observer=mse bits=2 quant.a_bits=4,2 quant.weight_grid=full "
     "quant.reconstruct=block quant.reconstruction.held_out=0 hydra.sweep.dir=multirun/recovery/full_grid_brecq",
+    "recovery/per_reader": "quant=custom_ptq observer=mse bits=2,4,8,16 quant.shared_activations=false "
+    "hydra.sweep.dir=multirun/recovery/per_reader",
     "qat/w4a4": "quant=qat observer=mse bits=4 hydra.sweep.dir=multirun/qat/w4a4",
     "qat/w2a4": "quant=qat observer=mse bits=2 quant.a_bits=4 hydra.sweep.dir=multirun/qat/w2a4",
     "onnx/fp32": "quant=none export=onnx hydra.sweep.dir=multirun/onnx/fp32",
@@ -66,8 +68,8 @@ REPLACED = {
     "hydra.sweep.dir=multirun/onnx/custom_minmax",
     "onnx/custom_a8": "quant=custom_ptq observer=mse bits=4 quant.a_bits=8 export=onnx "
     "hydra.sweep.dir=multirun/onnx/custom_a8",
-    "onnx/shared": "quant=custom_ptq observer=mse bits=8 quant.shared_activations=true export=onnx "
-    "hydra.sweep.dir=multirun/onnx/shared",
+    "onnx/per_reader": "quant=custom_ptq observer=mse bits=8 quant.shared_activations=false export=onnx "
+    "hydra.sweep.dir=multirun/onnx/per_reader",
     "onnx/brecq": "quant=custom_ptq observer=mse bits=4 quant.reconstruct=block quant.reconstruction.held_out=0 "
     "export=onnx hydra.sweep.dir=multirun/onnx/brecq",
 }

@@ -35,7 +35,7 @@ def test_the_validation_split_must_be_the_one_the_checkpoint_was_trained_without
             check_held_out(meta, data)
 
 
-def test_loading_a_narrow_resnet20_warns(tmp_path, caplog):
+def test_loading_a_narrow_resnet20_is_refused_unless_allowed(tmp_path, caplog):
     import torch
 
     from qexp.cells.weights import load_weights, save_weights
@@ -50,8 +50,10 @@ def test_loading_a_narrow_resnet20_warns(tmp_path, caplog):
     with torch.no_grad():
         model.layer3[0].bn2.weight[:24] = 0
     save_weights(path, model, "resnet20", {})
-    with caplog.at_level("WARNING", logger="qexp.cells.weights"):
+    with pytest.raises(QexpError, match=r"24 dead residual channels .* layer3\.0 \(24\).*allow_narrow=true"):
         load_weights(path, resnet20(), "resnet20")
+    with caplog.at_level("WARNING", logger="qexp.cells.weights"):
+        load_weights(path, resnet20(), "resnet20", allow_narrow=True)
     assert "24 dead residual channels" in caplog.text and "layer3.0 (24)" in caplog.text
 
 

@@ -190,7 +190,7 @@ class Result:
         bool | None,
         Doc(
             Group.CELL,
-            "true: one activation grid per tensor; null: one per reader "
+            "true: one activation grid per tensor (the default); false: one per reader; null: not our grids "
             "([methods.md](methods.md#one-grid-per-reader-or-shared-grids))",
         ),
     ]

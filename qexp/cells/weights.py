@@ -55,8 +55,9 @@ def save_weights(path: Path, model: nn.Module, arch: str, meta: dict[str, Any]) 
     write_atomically(path, lambda tmp: torch.save({"arch": arch, "state_dict": state, "meta": meta}, tmp))
 
 
-def load_weights(path: Path, model: nn.Module, arch: str) -> dict[str, Any]:
-    """Load an exported file into ``model``; return its metadata. Clear errors for bad files."""
+def load_weights(path: Path, model: nn.Module, arch: str, allow_narrow: bool = False) -> dict[str, Any]:
+    """Load an exported file into ``model``; return its metadata. Clear errors for bad files, and for a
+    ResNet20 with dead residual channels unless ``allow_narrow`` (then a warning: ``check_width``)."""
     if not path.is_file():
         raise QexpError(
             f"checkpoint={str(path)!r} does not exist; expected a weight file written by python -m qexp.train."
@@ -82,7 +83,7 @@ def load_weights(path: Path, model: nn.Module, arch: str) -> dict[str, Any]:
         detail = lines[1] if len(lines) > 1 else lines[0]
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
         raise QexpError(f"checkpoint={str(path)!r} does not fit {arch}: {detail}") from None
-    warn_if_narrow(path, model)
+    check_width(path, model, allow_narrow)
     return meta
 
 
@@ -165,21 +166,26 @@ def normalization_of(meta: Mapping[str, Any], where: str = "the checkpoint") -> 
     return Normalization(mean, std)
 
 
-def warn_if_narrow(path: Path, model: nn.Module) -> None:
-    """Log a warning when ``model`` has residual channels that its weights cut off (``bn2`` scale 0).
+def check_width(path: Path, model: nn.Module, allow_narrow: bool) -> None:
+    """``QexpError`` when ``model`` has residual channels that its weights cut off (``bn2`` scale 0).
 
-    Quantizing such a network measures a narrower model than ResNet20; it is allowed (the narrow
-    baseline is kept on purpose) but never silently.
+    Quantizing such a network measures a narrower model than ResNet20, as every ResNet20 trained with a
+    zero-initialised ``bn2`` behind option-A shortcuts was; ``allow_narrow`` (``allow_narrow=true`` on the
+    command line) measures it anyway, with a warning, never silently.
     """
     dead = dead_residual_channels(model)
-    if dead:
-        total = sum(len(channels) for channels in dead.values())
-        blocks = ", ".join(f"{name} ({len(channels)})" for name, channels in dead.items())
-        log.warning(
-            "checkpoint=%r has %d dead residual channels (bn2 scale exactly 0) in %s: the network is narrower "
-            "than its architecture, as ResNet20s trained with a zero-initialised bn2 behind option-A shortcuts are.",
-            str(path), total, blocks,
-        )  # fmt: skip
+    if not dead:
+        return
+    total = sum(len(channels) for channels in dead.values())
+    blocks = ", ".join(f"{name} ({len(channels)})" for name, channels in dead.items())
+    message = (
+        f"checkpoint={str(path)!r} has {total} dead residual channels (bn2 scale exactly 0) in {blocks}: the "
+        "network is narrower than its architecture, as ResNet20s trained with a zero-initialised bn2 behind "
+        "option-A shortcuts are"
+    )
+    if not allow_narrow:
+        raise QexpError(f"{message}. Expected a full-width network; allow_narrow=true measures it anyway.")
+    log.warning("%s.", message)
 
 
 def checkpoint_path(checkpoint: str | None) -> Path:
@@ -242,7 +248,7 @@ def load_trained(cfg: DictConfig, checkpoint: Path) -> tuple[nn.Module, dict[str
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = instantiate(cfg.model)
-    meta = load_weights(checkpoint, model, arch_name(cfg.model))
+    meta = load_weights(checkpoint, model, arch_name(cfg.model), cfg.get("allow_narrow", False))
     model.eval()
     datamodule: CIFAR10DataModule = instantiate(cfg.data)
     datamodule.normalization = normalization_of(meta)

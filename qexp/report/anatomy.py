@@ -47,7 +47,7 @@ from qexp.quant.core.observers import OBSERVERS, DistributionObserver
 from qexp.quant.custom.equalize import equalize_blocks
 from qexp.quant.custom.ptq import insert_quantizers
 from qexp.report.cells import METHOD_NAMES, recipe
-from qexp.report.plots import COLOURS, RECIPE_COLOURS, _pyplot, _save
+from qexp.report.plots import COLOURS, RECIPE_COLOURS, pyplot, save_figure
 
 # The quantized model a finished cell keeps beside its result.json (its state_dict), written by qexp.quantize.
 OBSERVER_COLOURS = {"minmax": "tab:red", "percentile": "tab:orange", "mse": "tab:blue"}
@@ -403,7 +403,7 @@ def anatomy_figure(
     """The figure: a row per tensor (``weights`` then ``activation``, each with its role, e.g. ``"stem"``) and a
     column per width, each panel one tensor at one width under every observer; then one panel per setting
     of the per-layer SQNR (rows of ``layer_sqnr``). Returns the matplotlib figure, not yet saved."""
-    plt = _pyplot()
+    plt = pyplot()
     tensors = [*weights, activation]
     frame = pd.DataFrame(list(sqnr))
     settings = list(dict.fromkeys(frame["setting"])) if len(frame) else []
@@ -439,4 +439,4 @@ def plot_anatomy(
 ) -> Path:
     """``anatomy_figure`` written to ``out/anatomy.png``."""
     out.mkdir(parents=True, exist_ok=True)
-    return _save(anatomy_figure(weights, activation, sqnr, bits), out / FIGURE)
+    return save_figure(anatomy_figure(weights, activation, sqnr, bits), out / FIGURE)

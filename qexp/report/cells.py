@@ -24,6 +24,7 @@ CELL = [
 ]  # fmt: skip
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data", "weight_grid"]
 FULL_RANGE = "full-range weights"  # quant.weight_grid=full: four levels at 2 bits, one more than narrow at any width
+PER_READER = "grid per reader"  # quant.shared_activations=false: one activation quantizer per reading layer
 METHOD_NAMES = {"none": "FP32", "custom_ptq": "ours", "torch_ptq": "PyTorch", "qat": "QAT"}
 
 
@@ -117,8 +118,11 @@ def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
     frame = _with_none_settings(frame)
     # An exported cell (export=onnx) has its twin's key: the newer of the two is shown, never older numbers.
     frame = frame.assign(_identity=cell_identity(frame))
-    frame = frame.sort_values("finished_at").drop_duplicates("_identity", keep="last").drop(columns="_identity")
-    return frame.sort_values(["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False])
+    frame = frame.sort_values("finished_at", kind="stable")  # on a tie the later row (a sweep's, in merge) wins
+    frame = frame.drop_duplicates("_identity", keep="last").drop(columns="_identity")
+    return frame.sort_values(
+        ["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False], kind="stable"
+    )
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -196,11 +200,18 @@ def variant(row: pd.Series) -> str:
         label += f" · {row['recovery']}"
     if row.get("average_bits") is not None:
         label += f" · mixed {row['average_bits']:g} bits/weight"
-    if row.get("shared_activations"):
-        label += " · shared grids"
+    if per_reader(row):
+        label += f" · {PER_READER}"
     if row.get("weight_grid") == "full":
         label += f" · {FULL_RANGE}"
     return label
+
+
+def per_reader(row: pd.Series) -> bool:
+    """Whether a cell of ours gave every reader of a tensor its own activation grid (``shared_activations``
+    false); shared grids are the default, and PyTorch's cells record nothing (None, or NaN in a CSV)."""
+    value = row.get("shared_activations")
+    return value is not None and not pd.isna(value) and not bool(value)
 
 
 def cell_name(row: pd.Series) -> str:
@@ -221,11 +232,11 @@ def recipe(row: pd.Series) -> str | None:
     """What a cell of our PTQ adds to round-to-nearest, as the recovery table names it; None: nothing.
 
     The recovery recipe, and the grids that change what is quantized: the full-range weight grid
-    (four levels at 2 bits) and shared activation grids.
+    (four levels at 2 bits) and one activation grid per reader instead of the shared default.
     """
     parts = [FULL_RANGE] if row.get("weight_grid") == "full" else []
-    if row.get("shared_activations"):
-        parts.append("shared grids")
+    if per_reader(row):
+        parts.append(PER_READER)
     if row.get("recovery") is not None:
         parts.append(row["recovery"])
     return " + ".join(parts) or None

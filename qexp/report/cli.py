@@ -21,15 +21,19 @@ from qexp.report.plots import plot, plot_sensitivity
 from qexp.report.readme import fill_pages, markdown_pages, page_blocks
 from qexp.report.tables import results_markdown
 
-USAGE = """python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME [--readme PAGE ...]
+USAGE = """python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME [--readme PAGE ...] [--baseline CSV]
        python -m qexp.report --from-csv REPORT_DIR/results.csv [SWEEP_DIR ...] --out REPORT_DIR [--readme PAGE ...]
-PAGE: a Markdown file or a folder of them, e.g. --readme README.md docs"""
+PAGE: a Markdown file or a folder of them, e.g. --readme README.md docs
+CSV: the results.csv of the checkpoint this one replaced (its headline numbers beside these: the baseline block)"""
 
 
-def report(directories: list[Path], out: Path, pages: list[Path] | None = None) -> pd.DataFrame:
+def report(
+    directories: list[Path], out: Path, pages: list[Path] | None = None, baseline: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Collect the sweeps' cells into ``out``: ``results.csv`` (every field), ``results.md``, the plots.
 
-    ``pages``: Markdown files whose generated blocks are rewritten (``write``).
+    ``pages``: Markdown files whose generated blocks are rewritten (``write``), with ``baseline``'s headline
+    cells beside these when given.
     """
     frame = collect(directories)
     sensitivity = collect_sensitivity(directories)
@@ -37,12 +41,16 @@ def report(directories: list[Path], out: Path, pages: list[Path] | None = None) 
     frame.to_csv(out / "results.csv", index=False)
     if len(sensitivity):
         sensitivity.to_csv(out / "layer_sensitivity.csv", index=False)
-    write(frame, sensitivity, out, pages)
+    write(frame, sensitivity, out, pages, baseline)
     return frame
 
 
 def report_from_csv(
-    results: Path, out: Path, pages: list[Path] | None = None, sweeps: list[Path] | None = None
+    results: Path,
+    out: Path,
+    pages: list[Path] | None = None,
+    sweeps: list[Path] | None = None,
+    baseline: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The report again from a ``results.csv`` (and the ``layer_sensitivity.csv`` beside it), without its sweeps.
 
@@ -63,11 +71,17 @@ def report_from_csv(
         shutil.copyfile(results, out / "results.csv")
         if len(sensitivity):
             shutil.copyfile(results.parent / "layer_sensitivity.csv", out / "layer_sensitivity.csv")
-    write(frame, sensitivity, out, pages)
+    write(frame, sensitivity, out, pages, baseline)
     return frame
 
 
-def write(frame: pd.DataFrame, sensitivity: pd.DataFrame, out: Path, pages: list[Path] | None) -> None:
+def write(
+    frame: pd.DataFrame,
+    sensitivity: pd.DataFrame,
+    out: Path,
+    pages: list[Path] | None,
+    baseline: pd.DataFrame | None = None,
+) -> None:
     """``results.md`` and the plots into ``out``; the generated blocks of ``pages`` when given.
 
     Every page gets the blocks it has markers for; all are filled before any is written, so a set of
@@ -76,7 +90,7 @@ def write(frame: pd.DataFrame, sensitivity: pd.DataFrame, out: Path, pages: list
     filled = {}
     if pages:
         texts = {page: page.read_text() for page in pages}
-        filled = fill_pages(texts, page_blocks(frame, out))
+        filled = fill_pages(texts, page_blocks(frame, out, baseline))
         filled = {page: text for page, text in filled.items() if text != texts[page]}
     (out / "results.md").write_text(results_markdown(frame, sensitivity))
     plot(frame, out)
@@ -101,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="Markdown files, or folders of them, whose <!-- report:NAME --> blocks are rewritten (README.md docs)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="the results.csv of the checkpoint this one replaced: its headline numbers beside these (--readme)",
+    )
     args = parser.parse_args(argv)
     if not args.sweeps and not args.from_csv:
         print("error: give sweep directories, --from-csv RESULTS_CSV, or both.", file=sys.stderr)
@@ -111,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         pages = markdown_pages(args.readme) if args.readme else None
+        baseline = read_results(args.baseline) if args.baseline else None
         if args.from_csv:
-            frame = report_from_csv(args.from_csv, args.out, pages, args.sweeps)
+            frame = report_from_csv(args.from_csv, args.out, pages, args.sweeps, baseline)
         else:
-            frame = report(args.sweeps, args.out, pages)
+            frame = report(args.sweeps, args.out, pages, baseline)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

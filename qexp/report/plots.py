@@ -17,16 +17,20 @@ from qexp.report.selection import (
     BITS,
     at_setting,
     best,
+    first_last_cells,
     float16_cells,
     fp32_cell,
+    mixed_cells,
     ok_cells,
     pytorch_int8,
     qat_cells,
     recovered_cells,
     recovery_rows,
     round_to_nearest,
+    same_widths,
     sensitivity_columns,
     uniform,
+    wider_activations,
     with_recovery,
 )
 
@@ -49,7 +53,8 @@ POSITION = {bits: index for index, bits in enumerate(BITS)}  # 16 bits on the le
 OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "frameon": False}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here or in CI), imported when first drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,9 +80,10 @@ def _reference_lines(ax, frame: pd.DataFrame) -> None:
     ax.axhline(10, color="grey", linestyle=":", linewidth=1, label="chance (10)")
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` and free it (a report draws many): the one way every figure is saved."""
     fig.savefig(path, dpi=120, bbox_inches="tight")  # legends sit outside the axes: keep them whole
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -90,7 +96,7 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
 
 def plot_glance(frame: pd.DataFrame, out: Path) -> Path:
     """Top-1 against bit width: ours round-to-nearest, best recovery and QAT (best observers), PyTorch, FP32."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = ok_cells(frame)
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     _reference_lines(ax, frame)
@@ -116,19 +122,19 @@ def plot_glance(frame: pd.DataFrame, out: Path) -> Path:
     _bits_axis(ax, "bits (weights and activations alike)")
     ax.set_title("ResNet20, CIFAR-10: test top-1 as the bit width falls")
     ax.legend(**OUTSIDE)
-    return _save(fig, out / "glance.png")
+    return save_figure(fig, out / "glance.png")
 
 
 def plot_accuracy_vs_bits(frame: pd.DataFrame, out: Path) -> Path:
     """Three panels: round-to-nearest ours vs PyTorch; ours with 8-bit activations or ends; recovery recipes."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = ok_cells(frame)
     rtn = round_to_nearest(ok)
     fig, axes = plt.subplots(3, 1, figsize=(9, 12), layout="constrained")
 
     ax = axes[0]
     _reference_lines(ax, frame)
-    same = rtn[rtn["w_bits"] == rtn["a_bits"]]
+    same = same_widths(rtn)
     for observer, cells in same.groupby("observer", sort=False):
         _line(ax, cells, COLOURS["ours"], observer, f"ours · {observer}")
     for flow, name, offset in (("fx", "PyTorch FX", -0.06), ("pt2e", "PyTorch pt2e", 0.06)):
@@ -146,10 +152,9 @@ def plot_accuracy_vs_bits(frame: pd.DataFrame, out: Path) -> Path:
     _reference_lines(ax, frame)
     for observer, cells in same.groupby("observer", sort=False):
         _line(ax, cells, COLOURS["ours"], observer, f"ours · {observer} (as above)", alpha=0.35)
-    a8 = rtn[(rtn["a_bits"] == 8) & (rtn["w_bits"] < 8)]
-    for observer, cells in a8.groupby("observer", sort=False):
+    for observer, cells in wider_activations(rtn).groupby("observer", sort=False):
         _line(ax, cells, COLOURS["ours · A8"], observer, f"ours · {observer} · activations 8 bit")
-    ends = ok[(ok["quant"] == "custom_ptq") & ok["first_last_bits"].notna() & (ok["w_bits"] == ok["a_bits"])]
+    ends = same_widths(first_last_cells(ok))
     for observer, cells in ends[recipes(ends).isna()].groupby("observer", sort=False):
         _line(ax, cells, COLOURS["ours · first/last 8 bit"], observer, f"ours · {observer} · first/last 8 bit")
     _bits_axis(ax, "weight bits")
@@ -157,7 +162,7 @@ def plot_accuracy_vs_bits(frame: pd.DataFrame, out: Path) -> Path:
     ax.legend(**OUTSIDE)
 
     _recovery_panel(axes[2], frame)
-    return _save(fig, out / "accuracy_vs_bits.png")
+    return save_figure(fig, out / "accuracy_vs_bits.png")
 
 
 def _line(ax, cells: pd.DataFrame, colour: str, observer: str, label: str, alpha: float = 1.0) -> None:
@@ -215,17 +220,16 @@ def _row_of(cells: pd.DataFrame, top: pd.Series | None) -> bool:
 
 def plot_accuracy_vs_size(frame: pd.DataFrame, out: Path) -> Path:
     """Top-1 against stored bytes: colour by method, marker by observer."""
-    plt = _pyplot()
+    plt = pyplot()
     ok = ok_cells(frame)
-    custom = ok[ok["quant"] == "custom_ptq"]
     rtn = round_to_nearest(ok)
     groups = {
         "FP32": ok[ok["quant"] == "none"],
-        "ours": rtn[rtn["w_bits"] == rtn["a_bits"]],
-        "ours · A8": rtn[(rtn["a_bits"] == 8) & (rtn["w_bits"] < 8)],
-        "ours · first/last 8 bit": custom[custom["first_last_bits"].notna()],
+        "ours": same_widths(rtn),
+        "ours · A8": wider_activations(rtn),
+        "ours · first/last 8 bit": first_last_cells(ok),
         "ours + recovery": with_recovery(ok),
-        "ours · mixed precision": custom[custom["average_bits"].notna()],
+        "ours · mixed precision": mixed_cells(ok[ok["quant"] == "custom_ptq"]),
         "PyTorch FX": pytorch_int8(ok, "fx"),
         "PyTorch pt2e": pytorch_int8(ok, "pt2e"),
         "PyTorch float16": float16_cells(ok),
@@ -242,12 +246,12 @@ def plot_accuracy_vs_size(frame: pd.DataFrame, out: Path) -> Path:
     ax.set(xscale="log", xlabel="stored size (KiB, serialised file, log scale)", ylabel="test top-1 (%)", ylim=(0, 100))
     ax.set_title("Accuracy vs stored size")
     ax.grid(alpha=0.3)
-    return _save(fig, out / "accuracy_vs_size.png")
+    return save_figure(fig, out / "accuracy_vs_size.png")
 
 
 def plot_weights_vs_activations(frame: pd.DataFrame, out: Path) -> Path | None:
     """Ours at 4 and 2 bits, round-to-nearest: activations at 8 bits against activations at the weight width."""
-    plt = _pyplot()
+    plt = pyplot()
     ours = round_to_nearest(ok_cells(frame))
     ours = ours[ours["w_bits"].isin([4, 2])]
     if ours.empty:
@@ -273,12 +277,12 @@ def plot_weights_vs_activations(frame: pd.DataFrame, out: Path) -> Path | None:
     ax.set_title("Ours, round-to-nearest: weights alone vs weights and activations")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(**OUTSIDE)
-    return _save(fig, out / "weights_vs_activations.png")
+    return save_figure(fig, out / "weights_vs_activations.png")
 
 
 def plot_sensitivity(frame: pd.DataFrame, out: Path) -> Path:
     """Top-1 drop and logit SQNR per layer, one bar per setting."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = sensitivity_columns(frame)
     layers = list(dict.fromkeys(frame["layer"]))
     fig, axes = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, layout="constrained")
@@ -295,4 +299,4 @@ def plot_sensitivity(frame: pd.DataFrame, out: Path) -> Path:
     axes[0].legend(**OUTSIDE)
     for ax in axes:
         ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out / "layer_sensitivity.png")
+    return save_figure(fig, out / "layer_sensitivity.png")

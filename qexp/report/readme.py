@@ -20,18 +20,33 @@ import pandas as pd
 
 from qexp.report.cells import recipes
 from qexp.report.selection import fp32_cell
-from qexp.report.tables import comparison_table, glance_table, mixed_table, onnx_table, recovery_table, size_table
+from qexp.report.tables import (
+    baseline_table,
+    comparison_table,
+    glance_table,
+    mixed_table,
+    onnx_table,
+    recovery_table,
+    size_table,
+)
 
 EMPTY = "No cells of this kind in the report."
 
 
-def readme_blocks(frame: pd.DataFrame, glance_image: str) -> dict[str, str]:
-    """The text of each generated block, by name; ``glance_image``: the path of ``glance.png`` from the page."""
+BASELINE_NAMES = ("narrow network (16 live residual channels)", "full-width ResNet20 (this study)")
+
+
+def readme_blocks(frame: pd.DataFrame, glance_image: str, baseline: pd.DataFrame | None = None) -> dict[str, str]:
+    """The text of each generated block, by name; ``glance_image``: the path of ``glance.png`` from the page.
+
+    ``baseline``: the cells of the checkpoint this study replaced, whose headline numbers the ``baseline``
+    block sets beside these (no such block without it).
+    """
     fp32 = fp32_cell(frame)
     caption = "Test top-1 (%) and the change against FP32"
     caption += f" ({fp32['top1']:.2f} %):" if fp32 is not None else ":"
     uniform = frame[recipes(frame).isna()]  # cells with a recipe are in the recovery block
-    return {
+    blocks = {
         "glance": f"{glance_table(frame)}\n\n![results at a glance]({glance_image})",
         "results": f"{caption}\n\n{comparison_table(uniform)}",
         "sizes": size_table(frame) or EMPTY,
@@ -39,14 +54,19 @@ def readme_blocks(frame: pd.DataFrame, glance_image: str) -> dict[str, str]:
         "mixed": mixed_table(frame) or EMPTY,
         "onnx": onnx_table(frame) or EMPTY,
     }
+    if baseline is not None:
+        blocks["baseline"] = baseline_table(baseline, frame, BASELINE_NAMES)
+    return blocks
 
 
-def page_blocks(frame: pd.DataFrame, report_dir: Path) -> Callable[[Path], dict[str, str]]:
+def page_blocks(
+    frame: pd.DataFrame, report_dir: Path, baseline: pd.DataFrame | None = None
+) -> Callable[[Path], dict[str, str]]:
     """``blocks_for(page)`` for ``fill_pages``: ``readme_blocks`` with the figure's path relative to the page's folder.
 
     The blocks are made once per folder: only the figure's path differs between pages.
     """
-    by_image = functools.cache(lambda image: readme_blocks(frame, image))
+    by_image = functools.cache(lambda image: readme_blocks(frame, image, baseline))
     return lambda page: by_image(Path(os.path.relpath(report_dir / "glance.png", page.parent)).as_posix())
 
 

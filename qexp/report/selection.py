@@ -32,8 +32,8 @@ def float16_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def round_to_nearest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Our PTQ with nothing added: per-channel narrow weight grids, one grid per reader, no recovery, no mixed
-    or first/last widths."""
+    """Our PTQ with nothing added: per-channel narrow weight grids, shared activation grids, no recovery, no
+    mixed or first/last widths."""
     return frame[
         (frame["quant"] == "custom_ptq")
         & recipes(frame).isna()
@@ -41,6 +41,26 @@ def round_to_nearest(frame: pd.DataFrame) -> pd.DataFrame:
         & frame["average_bits"].isna()
         & (frame["granularity"] == "per_channel")
     ]
+
+
+def same_widths(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells with weights and activations at the same width, whatever it is."""
+    return cells[cells["w_bits"] == cells["a_bits"]]
+
+
+def wider_activations(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells with 8-bit activations behind narrower weights (W4A8, W2A8): what the activations cost."""
+    return cells[(cells["a_bits"] == 8) & (cells["w_bits"] < 8)]
+
+
+def first_last_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Our PTQ with the first conv and the classifier at their own width (``first_last_bits``), any recipe."""
+    return frame[(frame["quant"] == "custom_ptq") & frame["first_last_bits"].notna()]
+
+
+def mixed_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mixed-precision cells: per-layer weight widths within an ``average_bits`` budget."""
+    return frame[frame["average_bits"].notna()]
 
 
 def with_recovery(frame: pd.DataFrame) -> pd.DataFrame:
@@ -162,6 +182,28 @@ def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:
             start = f" from {recipe(cell)}" if recipe(cell) is not None else ""
             cells.append((f"QAT{start} · {cell['observer']}", cell))
     return cells
+
+
+def headline_cells(frame: pd.DataFrame) -> dict[str, pd.Series | None]:
+    """The few cells a study of one checkpoint is summed up by, labelled; None where it has no such cell.
+
+    FP32, round-to-nearest at W8A8 and W4A4 (best observer), the best recovery recipe at W4A4, the best of
+    our PTQ at W2A4 (any recipe), and QAT at W4A4 and W2A4: what ``baseline_table`` sets beside another
+    checkpoint's, so that what a change of the model cost reads off one table.
+    """
+    ok = ok_cells(frame)
+    ours = ok[(ok["quant"] == "custom_ptq") & ok["first_last_bits"].isna() & ok["average_bits"].isna()]
+    w2a4 = ours[(ours["w_bits"] == 2) & (ours["a_bits"] == 4)]
+    qat = qat_cells(ok)
+    return {
+        "FP32": fp32_cell(frame),
+        "W8A8, round-to-nearest": best(uniform(round_to_nearest(ok), 8)),
+        "W4A4, round-to-nearest": best(uniform(round_to_nearest(ok), 4)),
+        "W4A4, best recovery recipe": best(uniform(recovered_cells(ok), 4)),
+        "W2A4, best of our PTQ": best(w2a4),
+        "W4A4, QAT": best(uniform(qat, 4)),
+        "W2A4, QAT": best(qat[(qat["w_bits"] == 2) & (qat["a_bits"] == 4)]),
+    }
 
 
 def size_rows(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:

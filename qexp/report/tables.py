@@ -20,6 +20,8 @@ from qexp.report.selection import (
     exported_cells,
     fp32_cell,
     glance_cells,
+    headline_cells,
+    mixed_cells,
     ok_cells,
     recovery_rows,
     sensitivity_columns,
@@ -121,6 +123,28 @@ def glance_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def baseline_table(baseline: pd.DataFrame, frame: pd.DataFrame, names: tuple[str, str]) -> str:
+    """Markdown: the ``headline_cells`` of two reports side by side, each with its change against its own FP32.
+
+    ``names`` head the two columns (e.g. the narrow network and the full-width one); a cell one report
+    lacks is blank, and the recipe that made each number is named beside it.
+    """
+    columns = [headline_cells(baseline), headline_cells(frame)]
+    fp32 = [fp32_cell(baseline), fp32_cell(frame)]
+    lines = [f"| | {names[0]} | {names[1]} |", "|---|---|---|"]
+    for label in columns[0]:
+        texts = []
+        for cells, reference in zip(columns, fp32, strict=True):
+            cell = cells[label]
+            if cell is None or cell["quant"] == "none":
+                texts.append("" if cell is None else f"{cell['top1']:.2f}")
+                continue
+            how = recipe(cell) if cell["quant"] == "custom_ptq" else None
+            texts.append(f"{top1_text(cell, reference)} · {cell['observer']}" + (f" · {how}" if how else ""))
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
 def size_table(frame: pd.DataFrame) -> str:
     """Markdown: stored size per method and width, in KiB and as a fraction of FP32 (payload beside, if recorded)."""
     fp32 = fp32_cell(frame)
@@ -212,7 +236,7 @@ def recovery_table(frame: pd.DataFrame) -> str:
 def mixed_table(frame: pd.DataFrame) -> str:
     """Markdown: one row per mixed-precision cell (largest budget first) beside uniform weights below its budget."""
     ok = ok_cells(frame)
-    mixed = frame[frame["average_bits"].notna()]
+    mixed = mixed_cells(frame)
     if mixed.empty:
         return ""
     fp32 = fp32_cell(frame)

@@ -74,7 +74,7 @@ class PTQConfig:
     reconstruction: ReconstructionConfig | None = None
     average_bits: float | None = None  # mixed precision: weight widths chosen per layer to fit this average
     mixed_widths: tuple[int, ...] = (8, 4, 2)
-    shared_activations: bool = False  # one quantizer per tensor, at its producer, instead of one per consumer
+    shared_activations: bool = True  # one quantizer per tensor, at its producer (False: one per consumer)
     weight_grid: str = "narrow"  # narrow: symmetric signed (ternary at 2 bits); full: one level more (affine.py)
 
     def __post_init__(self) -> None:
