@@ -25,7 +25,8 @@ def test_the_pages_tables_are_what_the_committed_results_csv_gives():
         f"generated blocks { {str(page.relative_to(ROOT)): names for page, names in stale.items()} } disagree with "
         f"{REPORT.relative_to(ROOT)}/results.csv; regenerate them with "
         "python -m qexp.report --from-csv multirun_reports/resnet20_ptq/results.csv "
-        "--out multirun_reports/resnet20_ptq --readme README.md docs --baseline multirun_reports/resnet20_narrow/results.csv"
+        "--out multirun_reports/resnet20_ptq --readme README.md docs "
+        "--baseline multirun_reports/resnet20_narrow/results.csv"
     )
     blocks = blocks_for(ROOT / "README.md")
     assert "![results at a glance](multirun_reports/resnet20_ptq/glance.png)" in blocks["glance"]
