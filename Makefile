@@ -20,7 +20,7 @@ ARGS ?=
 VAL := $(if $(wildcard $(MIRROR)),,data.val_size=0)
 CELL_ARGS := $(strip $(ARGS) $(VAL) $(if $(REDO),redo=true,))
 
-.PHONY: venv data test demo grid recovery levels qat onnx report teacher train proxies lint
+.PHONY: venv data test demo grid recovery levels seeds qat onnx report teacher train proxies lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,7 @@ demo: venv data
 
 # $(call sweep,FAMILY/NAME,ROOT): python -m qexp.quantize -m +sweep=FAMILY/NAME, the sweep conf/sweep/FAMILY/NAME.yaml
 # (docs/sweeps.md), on this machine's copy of CIFAR-10 and with ARGS and REDO on every cell. Its cells land where
-# the file says, multirun/FAMILY/NAME, unless ROOT (GRID, RECOVERY, QAT or ONNX) was moved: then in ROOT/NAME.
+# the file says, multirun/FAMILY/NAME, unless ROOT (GRID, RECOVERY, SEEDS, QAT or ONNX) was moved: then in ROOT/NAME.
 moved_dir = $(if $(filter multirun/$(1),$(2)/$(notdir $(1))),, hydra.sweep.dir=$(2)/$(notdir $(1)))
 sweep = $(PY) -m qexp.quantize -m +sweep=$(1) data=$(DATA) $(CELL_ARGS)$(call moved_dir,$(1),$(2))
 
@@ -98,6 +98,17 @@ levels: venv data
 	$(call sweep,recovery/full_grid,$(RECOVERY))
 	$(call sweep,recovery/full_grid_brecq,$(RECOVERY))
 
+# The cells the conclusions rest on, calibrated on two more draws of 1 024 training images (data.calib_seed=1,2;
+# the default draw is the grid's and recovery's): ours W8A8 and W4A4 with each observer, PyTorch's int8 FX and
+# pt2e, and block reconstruction at W4A4 and W2A4 (about 10 minutes a cell on the 2-core Xeon). The report sets
+# the draws' mean ± standard deviation beside each cell.
+SEEDS ?= multirun/seeds
+seeds: venv data
+	$(call sweep,seeds/ours,$(SEEDS))
+	$(call sweep,seeds/torch_int8,$(SEEDS))
+	$(call sweep,seeds/brecq,$(SEEDS))
+	$(MAKE) report
+
 # Quantization-aware training from our W4A4 and W2A4 round-to-nearest models (15 epochs, about
 # 50 minutes a cell on the 2-core Xeon; docs/qat.md), in the same report.
 QAT ?= multirun/qat
@@ -125,7 +136,7 @@ onnx: venv data
 NARROW := multirun_reports/resnet20_narrow/results.csv
 report:
 	$(PY) -m qexp.report $(if $(wildcard $(REPORT)/results.csv),--from-csv $(REPORT)/results.csv,) \
-		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX)) --out $(REPORT) --readme README.md docs --baseline $(NARROW)
+		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX) $(SEEDS)) --out $(REPORT) --readme README.md docs --baseline $(NARROW)
 
 # The reference recipe on the full-width ResNet20 (conf/experiment/final.yaml, 200 epochs -> outputs/final,
 # the candidate to replace the shipped checkpoint; resumes an interrupted run), and the distillation teacher.

@@ -103,6 +103,7 @@ def new_result(cfg: DictConfig, checkpoint: Path) -> Result:
         shared_activations=quant.get("shared_activations"),  # None: a method without our activation grids
         weight_grid=weight_grid(quant),
         export=cfg.get("export"),
+        calib_seed=cfg.data.get("calib_seed"),
         checkpoint=portable_path(checkpoint),
         data=cfg.data.get("label") or cfg.data.source,  # known even when nothing is evaluated
     )

@@ -327,7 +327,7 @@ def test_the_baseline_block_sets_each_headline_cell_beside_the_other_checkpoints
     fake_cell(new, "2", "2026-01-01T00:00:06", w_bits=4, a_bits=4, top1=85.0, fp32_top1=90.0)  # minmax: not the best
     report([old], tmp_path / "old_report")
     pages = tmp_path / "README.md"
-    blocks = ["glance", "results", "sizes", "recovery", "mixed", "onnx", "baseline"]  # every block needs a place
+    blocks = ["glance", "results", "sizes", "recovery", "mixed", "onnx", "spread", "baseline"]  # each needs a place
     pages.write_text("".join(f"<!-- report:{name} -->\n<!-- /report:{name} -->\n" for name in blocks))
     args = [str(new), "--out", str(tmp_path / "report"), "--readme", str(pages)]
     assert main([*args, "--baseline", str(tmp_path / "old_report" / "results.csv")]) == 0
@@ -337,3 +337,18 @@ def test_the_baseline_block_sets_each_headline_cell_beside_the_other_checkpoints
     assert "| W4A4, best recovery recipe | 84.00 (-3.00) · minmax · BRECQ 3 steps |  |" in text  # not run on the new
     assert "| W2A4, best of our PTQ | 60.00 (-27.00) · minmax · BRECQ 3 steps |  |" in text
     assert "| W2A4, QAT |  |  |" in text
+
+
+def test_other_calibration_draws_give_a_spread_and_a_wide_one_overrules_mcnemar(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    paired_sweep(sweep)  # ours W8 loses 6 images one way: a loss by McNemar alone
+    common = {"test_images": 200, "extra_test_label": "original", "extra_test_stderr": 1.12, "extra_test_top1": 84.0}
+    fake_cell(sweep, "3", "2026-01-01T00:00:03", top1=84.0, calib_seed=1, **common)
+    fake_cell(sweep, "4", "2026-01-01T00:00:04", top1=90.0, calib_seed=2, **common)
+    report([sweep], tmp_path / "report")
+    text = (tmp_path / "report" / "results.md").read_text()
+    # the draws' s.d. is 3.00, so a change of -3.00 is within 2 s.d.: within noise, whatever McNemar says
+    assert "| ours, round-to-nearest · minmax | W8A8 | 87.00 | -3.00, within noise | 87.00 ± 3.00 (3) |" in text
+    assert "| ours · minmax · W8 | W8A8 | 87.00 | 87.00 ± 3.00 | 3 | -3.00 |" in text  # the spread table
+    assert "| ours · minmax | 84.00 ± 1.12 |" not in text  # the other draws are in no other table
+    assert "| ours · minmax |  | 87.00 (-3.00) |  |  |" in text

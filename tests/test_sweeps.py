@@ -60,6 +60,12 @@ REPLACED = {
     "quant.reconstruct=block quant.reconstruction.held_out=0 hydra.sweep.dir=multirun/recovery/full_grid_brecq",
     "recovery/per_reader": "quant=custom_ptq observer=mse bits=2,4,8,16 quant.shared_activations=false "
     "hydra.sweep.dir=multirun/recovery/per_reader",
+    "seeds/ours": "quant=custom_ptq bits=4,8 observer=minmax,percentile,mse data.calib_seed=1,2 "
+    "hydra.sweep.dir=multirun/seeds/ours",
+    "seeds/torch_int8": "quant=torch_ptq quant.flow=fx,pt2e bits=8 observer=minmax,mse data.calib_seed=1,2 "
+    "hydra.sweep.dir=multirun/seeds/torch_int8",
+    "seeds/brecq": "quant=custom_ptq observer=mse bits=4,2 quant.a_bits=4 quant.reconstruct=block data.calib_seed=1,2 "
+    "hydra.sweep.dir=multirun/seeds/brecq",
     "qat/w4a4": "quant=qat observer=mse bits=4 hydra.sweep.dir=multirun/qat/w4a4",
     "qat/w2a4": "quant=qat observer=mse bits=2 quant.a_bits=4 hydra.sweep.dir=multirun/qat/w2a4",
     "onnx/fp32": "quant=none export=onnx hydra.sweep.dir=multirun/onnx/fp32",
@@ -156,7 +162,7 @@ def make_dry_run(*arguments: str) -> list[list[str]]:
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_the_makefile_names_each_sweep_once_with_this_machines_data_and_args():
     machine = ["MIRROR=/nowhere/cifar10-jpeg.tar.gz"]  # a machine without the JPEG mirror: DATA and VAL as MACHINE
-    named = make_dry_run("grid", "recovery", "qat", "onnx", *machine)  # recovery runs make levels too
+    named = make_dry_run("grid", "recovery", "seeds", "qat", "onnx", *machine)  # recovery runs make levels too
     names = [args[0].removeprefix("+sweep=") for args in named]
     assert len(set(names)) == len(names) and set(REPLACED) <= set(names) <= set(sweep_names())
     assert all(args[1:] == MACHINE for args in named)  # the command lines that test_a_sweep_runs_... composes

@@ -198,6 +198,14 @@ class Result:
         str | None, Doc(Group.CELL, "`full` for the full signed weight range; null for the narrow one")
     ]
     export: Annotated[str | None, Doc(Group.CELL, "`onnx` when the cell also exported its model")]
+    calib_seed: Annotated[
+        int | None,
+        Doc(
+            Group.CELL,
+            "`data.calib_seed`: which draw of calibration images from the training split; null: the first "
+            "`calib_size` of its order, the draw every table shows (the others give the spread)",
+        ),
+    ] = None
     status: Annotated[str, Doc(Group.OUTCOME, "`ok`, `unsupported` (a cell the method cannot do) or `failed`")] = (
         "failed"
     )

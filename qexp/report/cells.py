@@ -20,7 +20,7 @@ from qexp.cells.provenance import portable_path
 
 CELL = [
     "quant", "flow", "w_bits", "a_bits", "observer", "granularity", "first_last_bits", "recovery", "average_bits",
-    "shared_activations", "weight_grid", "data", "checkpoint",
+    "shared_activations", "weight_grid", "calib_seed", "data", "checkpoint",
 ]  # fmt: skip
 SENSITIVITY_SETTING = ["observer", "granularity", "recovery", "checkpoint", "data", "weight_grid"]
 FULL_RANGE = "full-range weights"  # quant.weight_grid=full: four levels at 2 bits, one more than narrow at any width

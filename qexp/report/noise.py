@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from qexp.cells.evaluate import standard_error, unpack_correct
-from qexp.report.cells import cell_name, has
-from qexp.report.selection import fp32_cell, ok_cells, pytorch_int8, round_to_nearest
+from qexp.report.cells import cell_name, has, settings_key
+from qexp.report.selection import default_draw, fp32_cell, ok_cells, pytorch_int8, round_to_nearest
 
 SIGNIFICANCE = 0.05
 MAX_TEST_IMAGES = 1_000_000
+SPREADS = 2  # a change within this many standard deviations over calibration draws is within noise
 
 
 class Paired(NamedTuple):
@@ -39,6 +40,42 @@ class Paired(NamedTuple):
         if self.p >= SIGNIFICANCE:
             return "within noise"
         return "gain" if self.only_cell > self.only_reference else "loss"
+
+
+class Spread(NamedTuple):
+    """One cell's top-1 over calibration draws (the default draw among them): how many, their mean and standard
+    deviation (n - 1 in the denominator)."""
+
+    draws: int
+    mean: float
+    std: float
+
+
+def spreads(frame: pd.DataFrame) -> dict[object, Spread]:
+    """Each default-draw ok cell (by frame index) that was also run on other calibration draws, with its ``Spread``.
+
+    Draws are cells whose settings differ only in ``calib_seed``; a cell run on one draw has no entry.
+    """
+    ok = ok_cells(frame)
+    if ok.empty:
+        return {}
+    setting = settings_key(ok.assign(calib_seed=None))
+    found = {}
+    for index, _ in default_draw(ok).iterrows():
+        top1 = ok.loc[setting == setting[index], "top1"].astype(float)
+        if len(top1) > 1:
+            found[index] = Spread(len(top1), float(top1.mean()), float(top1.std(ddof=1)))
+    return found
+
+
+def judged(change: float, test: Paired | None, spread: Spread | None) -> str:
+    """The verdict of a change against FP32: a gain or a loss only when McNemar's test says so and, where the cell
+    was run on several calibration draws, the change is also more than ``SPREADS`` standard deviations of them."""
+    if test is None:
+        return ""
+    if spread is not None and abs(change) <= SPREADS * spread.std:
+        return "within noise"
+    return test.verdict
 
 
 def mcnemar_p(only_first: int, only_second: int) -> float:
@@ -102,8 +139,9 @@ def worth(frame: pd.DataFrame) -> str:
         f"One test image is {100 / images:.2g} points of top-1 ({images:,} test images); one binomial standard "
         f"error of FP32's {fp32['top1']:.2f} % is {standard_error(fp32['top1'], images):.2f} points. Cells measured "
         "on the same images are compared image by image: a difference is called a gain or a loss only when an "
-        f"exact McNemar test on the images only one of the two gets right gives p < {SIGNIFICANCE:g}, otherwise "
-        "it is within noise."
+        f"exact McNemar test on the images only one of the two gets right gives p < {SIGNIFICANCE:g} and, for a cell "
+        f"also calibrated on other draws of training images, the change exceeds {SPREADS} standard deviations of "
+        "its top-1 over the draws; otherwise it is within noise."
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from qexp.report.cells import recipes
-from qexp.report.selection import fp32_cell
+from qexp.report.selection import default_draw, fp32_cell
 from qexp.report.tables import (
     baseline_table,
     comparison_table,
@@ -28,6 +28,7 @@ from qexp.report.tables import (
     onnx_table,
     recovery_table,
     size_table,
+    spread_table,
 )
 
 EMPTY = "No cells of this kind in the report."
@@ -42,20 +43,22 @@ def readme_blocks(frame: pd.DataFrame, glance_image: str, baseline: pd.DataFrame
     ``baseline``: the cells of the checkpoint this study replaced, whose headline numbers the ``baseline``
     block sets beside these (no such block without it).
     """
+    everything, frame = frame, default_draw(frame)
     fp32 = fp32_cell(frame)
     caption = "Test top-1 (%) and the change against FP32"
     caption += f" ({fp32['top1']:.2f} %):" if fp32 is not None else ":"
     uniform = frame[recipes(frame).isna()]  # cells with a recipe are in the recovery block
     blocks = {
-        "glance": f"{glance_table(frame)}\n\n![results at a glance]({glance_image})",
+        "glance": f"{glance_table(everything)}\n\n![results at a glance]({glance_image})",
         "results": f"{caption}\n\n{comparison_table(uniform)}",
         "sizes": size_table(frame) or EMPTY,
         "recovery": recovery_table(frame) or EMPTY,
         "mixed": mixed_table(frame) or EMPTY,
         "onnx": onnx_table(frame) or EMPTY,
+        "spread": spread_table(everything) or EMPTY,
     }
     if baseline is not None:
-        blocks["baseline"] = baseline_table(baseline, frame, BASELINE_NAMES)
+        blocks["baseline"] = baseline_table(baseline, everything, BASELINE_NAMES)
     return blocks
 
 

@@ -20,6 +20,12 @@ def ok_cells(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "ok"]
 
 
+def default_draw(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells calibrated on the default draw of training images (``calib_seed`` null): what every table
+    shows. Cells of other draws (``data.calib_seed``) only give the spread beside them (``noise.spreads``)."""
+    return frame[frame["calib_seed"].map(lambda seed: seed is None or pd.isna(seed))]
+
+
 def fp32_cell(frame: pd.DataFrame) -> pd.Series | None:
     """The FP32 reference cell (``quant=none``), or None when the report has none."""
     fp32 = ok_cells(frame)[ok_cells(frame)["quant"] == "none"]

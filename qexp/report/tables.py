@@ -13,10 +13,11 @@ from collections.abc import Callable
 import pandas as pd
 
 from qexp.report.cells import cell_name, has, is_float16, recipe, variant
-from qexp.report.noise import noise_table, versus_fp32, worth
+from qexp.report.noise import Spread, judged, noise_table, spreads, versus_fp32, worth
 from qexp.report.selection import (
     BITS,
     at_setting,
+    default_draw,
     exported_cells,
     fp32_cell,
     glance_cells,
@@ -93,13 +94,21 @@ def bits_text(row: pd.Series) -> str:
 
 
 def glance_table(frame: pd.DataFrame) -> str:
-    """Markdown: the glance cells with top-1, change against FP32 (and its verdict when tested), size."""
-    cells = glance_cells(frame)
-    fp32 = fp32_cell(frame)
-    verdicts = versus_fp32(frame)
-    extra = has(frame, "extra_test_top1")
-    payload = has(frame, "payload_bytes")
+    """Markdown: the glance cells with top-1, change against FP32 (and its verdict when tested), size.
+
+    The cells are the default calibration draw's; where a cell was also run on other draws, their mean ±
+    standard deviation stand beside it and enter its verdict (``noise.judged``).
+    """
+    shown = default_draw(frame)
+    cells = glance_cells(shown)
+    fp32 = fp32_cell(shown)
+    verdicts, spread = versus_fp32(shown), spreads(frame)
+    extra = has(shown, "extra_test_top1")
+    payload = has(shown, "payload_bytes")
     header = ["", "bits", "test top-1 (%)", "vs FP32"]
+    drawn = any(row.name in spread for _, row in cells)
+    if drawn:
+        header.append("over calibration draws (mean ± s.d., draws)")
     if extra:
         label = frame["extra_test_label"].dropna().iloc[0]
         header.append(f"top-1 on {label} (%, ± 1 s.e.)")
@@ -112,8 +121,10 @@ def glance_table(frame: pd.DataFrame) -> str:
         if fp32 is not None and row["quant"] != "none":
             change = f"{row['top1'] - fp32['top1']:+.2f}"
             if row.name in verdicts:
-                change += f", {verdicts[row.name].verdict}"
+                change += f", {judged(row['top1'] - fp32['top1'], verdicts[row.name], spread.get(row.name))}"
         values = [label, bits_text(row), f"{row['top1']:.2f}", change]
+        if drawn:
+            values.append(spread_text(spread.get(row.name)))
         if extra:
             values.append(extra_test_text(row))
         values.append(kib(row["size_bytes"]))
@@ -129,8 +140,8 @@ def baseline_table(baseline: pd.DataFrame, frame: pd.DataFrame, names: tuple[str
     ``names`` head the two columns (e.g. the narrow network and the full-width one); a cell one report
     lacks is blank, and the recipe that made each number is named beside it.
     """
-    columns = [headline_cells(baseline), headline_cells(frame)]
-    fp32 = [fp32_cell(baseline), fp32_cell(frame)]
+    columns = [headline_cells(default_draw(baseline)), headline_cells(default_draw(frame))]
+    fp32 = [fp32_cell(default_draw(baseline)), fp32_cell(default_draw(frame))]
     lines = [f"| | {names[0]} | {names[1]} |", "|---|---|---|"]
     for label in columns[0]:
         texts = []
@@ -142,6 +153,32 @@ def baseline_table(baseline: pd.DataFrame, frame: pd.DataFrame, names: tuple[str
             how = recipe(cell) if cell["quant"] == "custom_ptq" else None
             texts.append(f"{top1_text(cell, reference)} · {cell['observer']}" + (f" · {how}" if how else ""))
         lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def spread_text(spread: Spread | None) -> str:
+    """``84.43 ± 0.12 (3)``: top-1 over calibration draws; empty for a cell run on one draw."""
+    return "" if spread is None else f"{spread.mean:.2f} ± {spread.std:.2f} ({spread.draws})"
+
+
+def spread_table(frame: pd.DataFrame) -> str:
+    """Markdown: every cell run on several calibration draws, its default draw's top-1 beside the draws' mean ±
+    standard deviation, and the change of the mean against FP32; empty when no cell was."""
+    spread = spreads(frame)
+    if not spread:
+        return ""
+    fp32 = fp32_cell(default_draw(frame))
+    lines = [
+        "| cell | bits | top-1, default draw | mean ± s.d. over draws | draws | mean vs FP32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for index, found in spread.items():
+        cell = frame.loc[index]
+        change = f"{found.mean - fp32['top1']:+.2f}" if fp32 is not None else ""
+        lines.append(
+            f"| {cell_name(cell)} | {bits_text(cell)} | {cell['top1']:.2f} | {found.mean:.2f} ± {found.std:.2f} "
+            f"| {found.draws} | {change} |"
+        )
     return "\n".join(lines)
 
 
@@ -279,14 +316,26 @@ def sensitivity_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def results_markdown(frame: pd.DataFrame, sensitivity: pd.DataFrame) -> str:
-    """The whole ``results.md``: at a glance, top-1, second test set, sizes, recovery, mixed, noise, sensitivity."""
+def results_markdown(everything: pd.DataFrame, sensitivity: pd.DataFrame) -> str:
+    """The whole ``results.md``: at a glance, top-1, second test set, sizes, recovery, mixed, the spread over
+    calibration draws, noise, sensitivity. Every table but the spread shows the default draw's cells."""
+    frame = default_draw(everything)
     fp32 = fp32_cell(frame)
     data = ", ".join(sorted(set(frame["data"].dropna())))
     parts = ["# Post-training quantization of ResNet20", ""]
     if fp32 is not None:
         parts.append(f"FP32: **{fp32['top1']:.2f} %** top-1, {kib(fp32['fp32_size_bytes'])} KiB. Data: {data}.")
-    parts += ["", worth(frame), "", "## At a glance", "", glance_table(frame), "", "![at a glance](glance.png)", ""]
+    parts += [
+        "",
+        worth(frame),
+        "",
+        "## At a glance",
+        "",
+        glance_table(everything),
+        "",
+        "![at a glance](glance.png)",
+        "",
+    ]
     parts += [
         "## Test top-1 (%) and change vs FP32",
         "",
@@ -320,6 +369,7 @@ def results_markdown(frame: pd.DataFrame, sensitivity: pd.DataFrame) -> str:
         ("## On ONNX Runtime (exported cells, `export=onnx`; latency with one thread)", onnx_table(frame)),
         ("## Recovery of 4 and 2 bits (test top-1, change vs FP32)", recovery_table(frame)),
         ("## Mixed precision (weight widths chosen per layer on calibration images)", mixed_table(frame)),
+        ("## Over calibration draws (`data.calib_seed`: other draws of training images)", spread_table(everything)),
     ):
         if table:
             parts += [title, "", table, ""]
