@@ -98,7 +98,8 @@ def test_the_command_fills_the_readme_and_a_folder_of_pages(tmp_path: Path, caps
     docs = tmp_path / "docs"
     docs.mkdir()
     readme = tmp_path / "README.md"
-    empty = "".join(f"<!-- report:{name} -->\n<!-- /report:{name} -->\n" for name in ("glance", "results", "sizes"))
+    blocks = ("glance", "results", "sizes", "spread")
+    empty = "".join(f"<!-- report:{name} -->\n<!-- /report:{name} -->\n" for name in blocks)
     readme.write_text(f"# qexp\n{empty}")
     (docs / "recovery.md").write_text("<!-- report:recovery -->\n<!-- /report:recovery -->\n")
     (docs / "deployment.md").write_text("<!-- report:onnx -->\nstale\n<!-- /report:onnx -->\n")

@@ -1,11 +1,17 @@
-"""Empirical bias correction (Nagel et al. 2019, section 4.2, the empirical variant).
+"""Empirical bias correction (Nagel et al. 2019, section 4.2): undo the mean shift that rounding a layer's
+weights puts on its output.
 
-Rounding weights shifts the expected output of a layer: ``E[W_q x] != E[W x]`` channel by
-channel, and at 4 and 2 bits the shift is systematic, not noise. The correction measures, on
-the calibration images, each output channel's mean in the float model and in the quantized
-model, and adds the difference to the layer's bias. Layers are corrected in forward order, each
-measured with every layer before it already quantized *and corrected*, so a correction absorbs
-the shift it inherits from upstream too.
+Rounding weights shifts the expected output of a layer: ``E[W_q x] != E[W x]`` channel by channel, and at
+4 and 2 bits the shift is systematic, not noise. The correction measures, on the calibration images and
+the float model's input to each layer, each output channel's mean of ``(W - W_q) x`` -- the weight
+rounding's error alone -- and adds it to the layer's bias.
+
+Why the float model's inputs, and not the quantized model's: a correction measured downstream of quantized
+layers also absorbs the mean shift of every activation grid upstream, which is not a bias of this layer's
+weights but the effect of clipping; correcting it raises the next layer's inputs into the clipped range
+again, and the corrections grow along the depth. Measured on the full-width ResNet20 at W4A4 that way, the
+shifts rose from 0.002 at the stem to 2.9 at ``layer3.2.conv2`` and took top-1 from 84.5 % to 51.9 %; measured
+on float inputs they stay the size of the rounding error, and the layers are independent of one another.
 """
 
 from __future__ import annotations
@@ -13,26 +19,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qexp.quant.core.capture import keep_channel_means, record
+from qexp.quant.core.capture import record
 from qexp.quant.core.modules import QuantLayer
+
+
+def weight_error_means(layer: nn.Module, error: Tensor, inputs: Tensor) -> Tensor:
+    """Per image, each output channel's mean of ``layer`` applied with weights ``error`` (no bias) to ``inputs``."""
+    if isinstance(layer, nn.Conv2d):
+        output = F.conv2d(inputs, error, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return output.flatten(2).mean(2)
+    return F.linear(inputs, error)
 
 
 @torch.no_grad()
 def correct_bias(quantized: nn.Module, reference: nn.Module, batches: Sequence[Tensor]) -> dict[str, float]:
     """Correct every ``QuantLayer``'s bias in place; return each layer's mean absolute correction.
 
-    ``reference`` is the float model ``quantized`` was made from (BatchNorm folded, same module
-    names); it is only read.
+    ``reference`` is the float model ``quantized`` was made from (BatchNorm folded, same module names,
+    equalized when ``quantized`` was); it is only read, and gives each layer its float input.
     """
-    names = [name for name, m in quantized.named_modules() if isinstance(m, QuantLayer)]
-    float_means = {name: m.mean(dim=0) for name, m in record(reference, names, batches, keep_channel_means).items()}
     corrections = {}
-    for name in names:
-        layer = quantized.get_submodule(name).layer
-        quantized_mean = record(quantized, [name], batches, keep_channel_means, stop=True)[name].mean(dim=0)
-        shift = float_means[name] - quantized_mean
+    for name, module in quantized.named_modules():
+        if not isinstance(module, QuantLayer):
+            continue
+        layer = module.layer
+        error = layer.weight - module.quantized_weight()
+
+        def keep(inputs: Tensor, _output: Tensor, layer: nn.Module = layer, error: Tensor = error) -> Tensor:
+            return weight_error_means(layer, error, inputs)
+
+        shift = record(reference, [name], batches, keep, stop=True)[name].mean(dim=0)
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros_like(shift), requires_grad=False)
         layer.bias.add_(shift)
