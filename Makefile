@@ -20,7 +20,7 @@ ARGS ?=
 VAL := $(if $(wildcard $(MIRROR)),,data.val_size=0)
 CELL_ARGS := $(strip $(ARGS) $(VAL) $(if $(REDO),redo=true,))
 
-.PHONY: venv data test demo grid recovery levels seeds qat onnx report teacher train proxies lint
+.PHONY: venv data test demo grid recovery levels seeds anatomy qat onnx report teacher train proxies lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -92,8 +92,8 @@ recovery: venv data
 	$(call sweep,recovery/per_reader,$(RECOVERY))
 	$(MAKE) levels report
 
-# The fourth 2-bit weight level (quant.weight_grid=full): round-to-nearest, and BRECQ fitted on all
-# 1 024 images as the committed narrow-grid BRECQ cells were (held_out=0), so the two compare.
+# The fourth 2-bit weight level (quant.weight_grid=full): round-to-nearest, and BRECQ fitted as the
+# narrow-grid BRECQ cells of recovery/brecq and brecq_a2 are (1/8 of the images held out), so the two compare.
 levels: venv data
 	$(call sweep,recovery/full_grid,$(RECOVERY))
 	$(call sweep,recovery/full_grid_brecq,$(RECOVERY))
@@ -109,6 +109,16 @@ seeds: venv data
 	$(call sweep,seeds/brecq,$(SEEDS))
 	$(MAKE) report
 
+# Why 4 and 2 bits fail (docs/recovery.md#why-4-and-2-bits-fail-the-anatomy-figure): each observer's grids on the
+# stem, an insensitive layer and one activation, and each layer's output SQNR for round-to-nearest and for the
+# BRECQ and QAT cells of W4A4 and W2A4 that exist (the first cells of recovery/brecq and of qat/w4a4, qat/w2a4).
+comma := ,
+empty :=
+space := $(empty) $(empty)
+ANATOMY_CELLS = $(wildcard $(RECOVERY)/brecq/0 $(RECOVERY)/brecq/1 $(QAT)/w4a4/0 $(QAT)/w2a4/0)
+anatomy: venv data
+	$(PY) -m qexp.anatomy "cells=[$(subst $(space),$(comma),$(strip $(ANATOMY_CELLS)))]" output_dir=$(REPORT)/anatomy
+
 # Quantization-aware training from our W4A4 and W2A4 round-to-nearest models (15 epochs, about
 # 50 minutes a cell on the 2-core Xeon; docs/qat.md), in the same report.
 QAT ?= multirun/qat
@@ -119,7 +129,7 @@ qat: venv data
 
 # Our models as ONNX QDQ graphs on ONNX Runtime (export=onnx): FP32, round-to-nearest at every width (shared grids,
 # as the grid's cells: the layout that runs on integer kernels end to end, and W8A8 with a grid per reader), and
-# the BRECQ W4A4 model (held_out=0, as the committed cell). About 15 minutes on the 2-core Xeon, then the report.
+# the BRECQ W4A4 model (as recovery/brecq fits it). About 15 minutes on the 2-core Xeon, then the report.
 ONNX ?= multirun/onnx
 onnx: venv data
 	$(call sweep,onnx/fp32,$(ONNX))

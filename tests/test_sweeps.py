@@ -57,7 +57,7 @@ REPLACED = {
     "recovery/full_grid": "quant=custom_ptq observer=mse bits=2 quant.a_bits=4,2 quant.weight_grid=full "
     "hydra.sweep.dir=multirun/recovery/full_grid",
     "recovery/full_grid_brecq": "quant=custom_ptq observer=mse bits=2 quant.a_bits=4,2 quant.weight_grid=full "
-    "quant.reconstruct=block quant.reconstruction.held_out=0 hydra.sweep.dir=multirun/recovery/full_grid_brecq",
+    "quant.reconstruct=block hydra.sweep.dir=multirun/recovery/full_grid_brecq",
     "recovery/per_reader": "quant=custom_ptq observer=mse bits=2,4,8,16 quant.shared_activations=false "
     "hydra.sweep.dir=multirun/recovery/per_reader",
     "seeds/ours": "quant=custom_ptq bits=4,8 observer=minmax,percentile,mse data.calib_seed=1,2 "
@@ -76,8 +76,8 @@ REPLACED = {
     "hydra.sweep.dir=multirun/onnx/custom_a8",
     "onnx/per_reader": "quant=custom_ptq observer=mse bits=8 quant.shared_activations=false export=onnx "
     "hydra.sweep.dir=multirun/onnx/per_reader",
-    "onnx/brecq": "quant=custom_ptq observer=mse bits=4 quant.reconstruct=block quant.reconstruction.held_out=0 "
-    "export=onnx hydra.sweep.dir=multirun/onnx/brecq",
+    "onnx/brecq": "quant=custom_ptq observer=mse bits=4 quant.reconstruct=block export=onnx "
+    "hydra.sweep.dir=multirun/onnx/brecq",
 }
 
 
