@@ -13,18 +13,12 @@ def test_the_correction_is_the_weight_rounding_error_alone_whatever_the_activati
     """Measured on float inputs, a layer's correction does not absorb upstream activation grids: at W2A4 and W2A16
     the same rounded weights get the same bias, which gives each output channel the float layer's mean."""
     import torch
-    import torch.nn.functional as F
 
     from qexp.quant.core.capture import keep_channel_means, keep_input, record
     from qexp.quant.core.fold import fold_batchnorm
-    from qexp.quant.core.modules import QuantLayer
+    from qexp.quant.core.modules import QuantLayer, with_weight
     from qexp.quant.custom.ptq import quantize_model
     from tests.test_ptq import batches
-
-    def apply(layer: torch.nn.Module, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(layer, torch.nn.Conv2d):
-            return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return F.linear(x, weight, layer.bias)
 
     model, calibration = tiny_resnet(), batches(1)
     narrow, _ = quantize_model(model, PTQConfig(2, 4, bias_correction=True), calibration)
@@ -36,6 +30,6 @@ def test_the_correction_is_the_weight_rounding_error_alone_whatever_the_activati
     for name, quantized in layers.items():
         assert torch.allclose(quantized.layer.bias, wide.get_submodule(name).layer.bias, atol=1e-6), name
         with torch.no_grad():
-            output = apply(quantized.layer, quantized.quantized_weight(), inputs[name])
+            output = with_weight(quantized.layer, inputs[name], quantized.quantized_weight(), quantized.layer.bias)
         corrected = keep_channel_means(inputs[name], output).mean(0)
         torch.testing.assert_close(corrected, means[name].mean(0), atol=1e-4, rtol=1e-4)

@@ -19,7 +19,6 @@ from qexp.report.cells import (
 )
 from qexp.report.plots import plot, plot_sensitivity
 from qexp.report.readme import fill_pages, markdown_pages, page_blocks
-from qexp.report.selection import default_draw
 from qexp.report.tables import results_markdown
 
 USAGE = """python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME [--readme PAGE ...] [--baseline CSV]
@@ -94,7 +93,7 @@ def write(
         filled = fill_pages(texts, page_blocks(frame, out, baseline))
         filled = {page: text for page, text in filled.items() if text != texts[page]}
     (out / "results.md").write_text(results_markdown(frame, sensitivity))
-    plot(default_draw(frame), out)  # the figures show what the tables show: the default calibration draw
+    plot(frame, out)
     if len(sensitivity):
         plot_sensitivity(sensitivity, out)
     for page, text in filled.items():

@@ -17,6 +17,7 @@ from qexp.report.selection import (
     BITS,
     at_setting,
     best,
+    default_draw,
     first_last_cells,
     float16_cells,
     fp32_cell,
@@ -88,7 +89,9 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
-    """Every figure of the report that ``frame`` has cells for, written into ``out``."""
+    """Every figure of the report that ``frame`` has cells for, written into ``out``: the default calibration
+    draw's cells, as every table shows them."""
+    frame = default_draw(frame)
     paths = [plot_glance(frame, out), plot_accuracy_vs_bits(frame, out), plot_accuracy_vs_size(frame, out)]
     paths.append(plot_weights_vs_activations(frame, out))
     return [path for path in paths if path is not None]

@@ -125,14 +125,17 @@ class QuantLayer(nn.Module):
         return self.weight_quantizer(self.layer.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.input_quantizer(x)
-        weight = self.quantized_weight()
-        if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(x, weight, self.layer.bias)
-        return F.linear(x, weight, self.layer.bias)
+        return with_weight(self.layer, self.input_quantizer(x), self.quantized_weight(), self.layer.bias)
 
     def extra_repr(self) -> str:
         return _shared_repr(input_quantizer=self.input_quantizer)
+
+
+def with_weight(layer: nn.Conv2d | nn.Linear, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``layer`` applied to ``x`` with ``weight`` and ``bias`` in place of its own (stride, padding, groups kept)."""
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def layer_names(model: nn.Module) -> list[str]:

@@ -19,19 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qexp.quant.core.capture import record
-from qexp.quant.core.modules import QuantLayer
-
-
-def weight_error_means(layer: nn.Module, error: Tensor, inputs: Tensor) -> Tensor:
-    """Per image, each output channel's mean of ``layer`` applied with weights ``error`` (no bias) to ``inputs``."""
-    if isinstance(layer, nn.Conv2d):
-        output = F.conv2d(inputs, error, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return output.flatten(2).mean(2)
-    return F.linear(inputs, error)
+from qexp.quant.core.capture import keep_channel_means, record
+from qexp.quant.core.modules import QuantLayer, with_weight
 
 
 @torch.no_grad()
@@ -49,7 +40,8 @@ def correct_bias(quantized: nn.Module, reference: nn.Module, batches: Sequence[T
         error = layer.weight - module.quantized_weight()
 
         def keep(inputs: Tensor, _output: Tensor, layer: nn.Module = layer, error: Tensor = error) -> Tensor:
-            return weight_error_means(layer, error, inputs)
+            """Per image, each output channel's mean of the rounding error ``(W - W_q) x`` (no bias)."""
+            return keep_channel_means(inputs, with_weight(layer, inputs, error, None))
 
         shift = record(reference, [name], batches, keep, stop=True)[name].mean(dim=0)
         if layer.bias is None:
