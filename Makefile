@@ -119,12 +119,13 @@ ANATOMY_CELLS = $(wildcard $(RECOVERY)/brecq/0 $(RECOVERY)/brecq/1 $(QAT)/w4a4/0
 anatomy: venv data
 	$(PY) -m qexp.anatomy "cells=[$(subst $(space),$(comma),$(strip $(ANATOMY_CELLS)))]" output_dir=$(REPORT)/anatomy
 
-# Quantization-aware training from our W4A4 and W2A4 round-to-nearest models (15 epochs, about
-# 50 minutes a cell on the 2-core Xeon; docs/qat.md), in the same report.
+# Quantization-aware training from our W4A4 and W2A4 round-to-nearest models and from the W2A2 BRECQ model
+# (15 epochs, about 50 minutes a cell on the 2-core Xeon or the AVX512-BF16 EPYC; docs/qat.md), in the same report.
 QAT ?= multirun/qat
 qat: venv data
 	$(call sweep,qat/w4a4,$(QAT))
 	$(call sweep,qat/w2a4,$(QAT))
+	$(call sweep,qat/w2a2,$(QAT))
 	$(MAKE) report
 
 # Our models as ONNX QDQ graphs on ONNX Runtime (export=onnx): FP32, round-to-nearest at every width (shared grids,
