@@ -120,7 +120,7 @@ anatomy: venv data
 	$(PY) -m qexp.anatomy "cells=[$(subst $(space),$(comma),$(strip $(ANATOMY_CELLS)))]" output_dir=$(REPORT)/anatomy
 
 # Quantization-aware training from our W4A4 and W2A4 round-to-nearest models and from the W2A2 BRECQ model
-# (15 epochs, about 50 minutes a cell on the 2-core Xeon or the AVX512-BF16 EPYC; docs/qat.md), in the same report.
+# (15 epochs; 34, 35 and 46 minutes on the 2-core AMD EPYC with AVX512-BF16; docs/qat.md), in the same report.
 QAT ?= multirun/qat
 qat: venv data
 	$(call sweep,qat/w4a4,$(QAT))
