@@ -20,7 +20,7 @@ ARGS ?=
 VAL := $(if $(wildcard $(MIRROR)),,data.val_size=0)
 CELL_ARGS := $(strip $(ARGS) $(VAL) $(if $(REDO),redo=true,))
 
-.PHONY: venv data test demo grid recovery levels seeds anatomy qat onnx report teacher train proxies lint
+.PHONY: venv data test demo study grid grid-main recovery levels seeds anatomy qat onnx report teacher train proxies lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,12 +54,17 @@ data: data/cifar10-jpeg/train data/cifar10-original-test/test $(FOREIGN)
 test: venv
 	$(PY) -m pytest -m "not slow" -q
 
-# The full comparison grid on the shipped checkpoint (31 cells, 27 evaluated on the whole test split;
-# 628 s from scratch on an idle 2-core Intel Xeon with AMX), then the report.
-# Re-running resumes: cells already ok for the same config and checkpoint are skipped, stale or
-# failed ones are redone (REDO=1 recomputes everything).
+# The main job, within 10 minutes on a 2-core CPU: FP32, PyTorch's PTQ and ours at 16, 8, 4 and 2 bits with each
+# observer (22 cells of the grid; 8.5 minutes on the 2-core AMD EPYC with AVX512-BF16), merged into the committed
+# report. The grid's 9 variant cells (W4A8 and W2A8, an 8-bit stem and classifier) are make grid's; every cell
+# of the study is make study's.
 demo: venv data
-	$(MAKE) grid report
+	$(MAKE) grid-main report
+
+# Everything the README's tables and figures come from, one target after the other (about 7 hours on the
+# 2-core EPYC, added up from the cells' seconds).
+study: venv data
+	$(MAKE) grid recovery seeds qat onnx anatomy report
 
 # $(call sweep,FAMILY/NAME,ROOT): python -m qexp.quantize -m +sweep=FAMILY/NAME, the sweep conf/sweep/FAMILY/NAME.yaml
 # (docs/sweeps.md), on this machine's copy of CIFAR-10 and with ARGS and REDO on every cell. Its cells land where
@@ -67,12 +72,18 @@ demo: venv data
 moved_dir = $(if $(filter multirun/$(1),$(2)/$(notdir $(1))),, hydra.sweep.dir=$(2)/$(notdir $(1)))
 sweep = $(PY) -m qexp.quantize -m +sweep=$(1) data=$(DATA) $(CELL_ARGS)$(call moved_dir,$(1),$(2))
 
-grid:
+# The full comparison grid on the shipped checkpoint (31 cells, 27 evaluated on the whole test split; 628 s from
+# scratch on an idle 2-core Intel Xeon with AMX): grid-main's 22 cells, then the 9 variants.
+# Re-running resumes: cells already ok for the same config and checkpoint are skipped, stale or
+# failed ones are redone (REDO=1 recomputes everything).
+grid-main:
 	$(call sweep,grid/fp32,$(GRID))
 	$(call sweep,grid/torch_int8,$(GRID))
 	$(call sweep,grid/torch_fp16,$(GRID))
 	$(call sweep,grid/torch_pt2e,$(GRID))
 	$(call sweep,grid/custom,$(GRID))
+
+grid: grid-main
 	$(call sweep,grid/custom_a8,$(GRID))
 	$(call sweep,grid/custom_fl8,$(GRID))
 	$(call sweep,grid/custom_a8_fl8,$(GRID))
@@ -111,20 +122,24 @@ seeds: venv data
 
 # Why 4 and 2 bits fail (docs/recovery.md#why-4-and-2-bits-fail-the-anatomy-figure): each observer's grids on the
 # stem, an insensitive layer and one activation, and each layer's output SQNR for round-to-nearest and for the
-# BRECQ and QAT cells of W4A4 and W2A4 that exist (the first cells of recovery/brecq and of qat/w4a4, qat/w2a4).
+# BRECQ and QAT cells of W4A4 and W2A4 that kept their model here (the first cells of recovery/brecq and of
+# qat/w4a4, qat/w2a4, qat/w2a4_brecq; a cell without its quantized_model.pt is left out).
 comma := ,
 empty :=
 space := $(empty) $(empty)
-ANATOMY_CELLS = $(wildcard $(RECOVERY)/brecq/0 $(RECOVERY)/brecq/1 $(QAT)/w4a4/0 $(QAT)/w2a4/0)
+ANATOMY_CELLS = $(patsubst %/quantized_model.pt,%,$(wildcard $(addsuffix /quantized_model.pt,\
+	$(RECOVERY)/brecq/0 $(RECOVERY)/brecq/1 $(QAT)/w4a4/0 $(QAT)/w2a4/0 $(QAT)/w2a4_brecq/0)))
 anatomy: venv data
 	$(PY) -m qexp.anatomy "cells=[$(subst $(space),$(comma),$(strip $(ANATOMY_CELLS)))]" output_dir=$(REPORT)/anatomy
 
-# Quantization-aware training from our W4A4 and W2A4 round-to-nearest models and from the W2A2 BRECQ model
-# (15 epochs; 34, 35 and 46 minutes on the 2-core AMD EPYC with AVX512-BF16; docs/qat.md), in the same report.
+# Quantization-aware training from our W4A4 and W2A4 round-to-nearest models and from the W2A4 and W2A2 BRECQ
+# models (15 epochs; 34, 35, about 45 and 46 minutes on the 2-core AMD EPYC with AVX512-BF16; docs/qat.md),
+# in the same report.
 QAT ?= multirun/qat
 qat: venv data
 	$(call sweep,qat/w4a4,$(QAT))
 	$(call sweep,qat/w2a4,$(QAT))
+	$(call sweep,qat/w2a4_brecq,$(QAT))
 	$(call sweep,qat/w2a2,$(QAT))
 	$(MAKE) report
 

@@ -288,7 +288,9 @@ def test_exported_cells_get_an_onnx_runtime_row_and_the_newer_twin_is_shown(tmp_
     assert "- PyTorch · minmax · W8: **unsupported**: only our own models export" in table
     assert "## On ONNX Runtime" in results_markdown(frame, pd.DataFrame())
     assert onnx_table(collect([sweep / "0"])) == ""  # no exported cell, no table
-    fake_cell(sweep, "3", "2026-01-01T00:00:03", top1=90.5, cell_key="a" * 64)  # re-run later without export
+    fake_cell(sweep, "3", "2026-01-01T00:00:03", top1=90.0, cell_key="a" * 64)  # re-run later, same model, no export
+    assert "| ours · minmax · W8 | W8A8 | 90.00 | 89.90 |" in onnx_table(collect([sweep]))  # its ONNX fields kept
+    fake_cell(sweep, "4", "2026-01-01T00:00:04", top1=90.5, cell_key="a" * 64)  # re-run later, other numbers
     assert "ours · minmax · W8" not in onnx_table(collect([sweep]))  # newer numbers win; their export is not shown
 
 
@@ -304,9 +306,14 @@ def test_the_demos_report_step_keeps_every_committed_cell(tmp_path: Path):
     keys = ("quant", "w_bits", "a_bits", "bits", "observer", "granularity", "fp32_top1", "cell_key", "checkpoint")
     same = {k: getattr(redone[k], "item", lambda v=redone[k]: v)() for k in keys}
     fake_cell(sweep, "0", "2030-01-01T00:00:00", **same, top1=12.5)
+    exported = committed[committed["onnx_status"] == "ok"].iloc[0]  # re-run by the demo without export, same model
+    twin = {k: getattr(exported[k], "item", lambda v=exported[k]: v)() for k in (*keys, "top1")}
+    fake_cell(sweep, "1", "2030-01-01T00:00:01", **twin)
     assert main(["--from-csv", str(report_dir / "results.csv"), str(sweep), "--out", str(report_dir)]) == 0
     merged = pd.read_csv(report_dir / "results.csv")
     assert len(merged) == len(committed)
+    assert (merged["onnx_status"] == "ok").sum() == (committed["onnx_status"] == "ok").sum()  # no ONNX row lost
+    assert merged.loc[merged["cell_key"] == exported["cell_key"], "onnx_top1"].item() == exported["onnx_top1"]
     assert set(merged["cell_key"].dropna()) == set(committed["cell_key"].dropna())
     assert merged.loc[merged["cell_key"] == redone["cell_key"], "top1"].tolist() == [12.5]  # the demo's cell won
     assert (report_dir / "results.md").read_text().count("ONNX Runtime") >= 1

@@ -68,6 +68,10 @@ REPLACED = {
     "hydra.sweep.dir=multirun/seeds/brecq",
     "qat/w4a4": "quant=qat observer=mse bits=4 hydra.sweep.dir=multirun/qat/w4a4",
     "qat/w2a4": "quant=qat observer=mse bits=2 quant.a_bits=4 hydra.sweep.dir=multirun/qat/w2a4",
+    "qat/w2a4_brecq": "quant=qat observer=mse bits=2 quant.a_bits=4 quant.reconstruct=block "
+    "hydra.sweep.dir=multirun/qat/w2a4_brecq",
+    "qat/w2a2": "quant=qat observer=mse bits=2 quant.a_bits=2 quant.reconstruct=block "
+    "hydra.sweep.dir=multirun/qat/w2a2",
     "onnx/fp32": "quant=none export=onnx hydra.sweep.dir=multirun/onnx/fp32",
     "onnx/custom": "quant=custom_ptq observer=mse bits=2,4,8,16 export=onnx hydra.sweep.dir=multirun/onnx/custom",
     "onnx/custom_minmax": "quant=custom_ptq observer=minmax bits=8 export=onnx "
@@ -177,3 +181,15 @@ def test_the_makefile_names_each_sweep_once_with_this_machines_data_and_args():
             "redo=true",
             f"hydra.sweep.dir=elsewhere/grid/{leaf}",
         ]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_demo_runs_the_main_grid_and_the_study_runs_every_sweep():
+    """``make demo`` is the grid's PyTorch-against-ours cells (its 10 minutes), ``make study`` every sweep once."""
+    demo = [args[0].removeprefix("+sweep=") for args in make_dry_run("demo")]
+    grid = [args[0].removeprefix("+sweep=") for args in make_dry_run("grid")]
+    assert demo == ["grid/fp32", "grid/torch_int8", "grid/torch_fp16", "grid/torch_pt2e", "grid/custom"]
+    assert grid[: len(demo)] == demo
+    assert set(grid) - set(demo) == {"grid/custom_a8", "grid/custom_fl8", "grid/custom_a8_fl8"}
+    study = [args[0].removeprefix("+sweep=") for args in make_dry_run("study")]
+    assert sorted(study) == sorted(sweep_names())
