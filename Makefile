@@ -55,7 +55,7 @@ test: venv
 	$(PY) -m pytest -m "not slow" -q
 
 # The main job, within 10 minutes on a 2-core CPU: FP32, PyTorch's PTQ and ours at 16, 8, 4 and 2 bits with each
-# observer (22 cells of the grid; 8.5 minutes on the 2-core AMD EPYC with AVX512-BF16), merged into the committed
+# observer (22 cells of the grid; 8 minutes on the 2-core AMD EPYC with AVX512-BF16), merged into the committed
 # report. The grid's 9 variant cells (W4A8 and W2A8, an 8-bit stem and classifier) are make grid's; every cell
 # of the study is make study's.
 demo: venv data

@@ -304,11 +304,13 @@ def test_the_demos_report_step_keeps_every_committed_cell(tmp_path: Path):
     redone = committed[committed["quant"] == "custom_ptq"].iloc[0]
     sweep = tmp_path / "grid"
     keys = ("quant", "w_bits", "a_bits", "bits", "observer", "granularity", "fp32_top1", "cell_key", "checkpoint")
-    same = {k: getattr(redone[k], "item", lambda v=redone[k]: v)() for k in keys}
-    fake_cell(sweep, "0", "2030-01-01T00:00:00", **same, top1=12.5)
+
+    def fields(row: pd.Series, names: tuple[str, ...]) -> dict:
+        return {k: getattr(row[k], "item", lambda v=row[k]: v)() for k in names}  # numpy scalars as Python's
+
+    fake_cell(sweep, "0", "2030-01-01T00:00:00", **fields(redone, keys), top1=12.5)
     exported = committed[committed["onnx_status"] == "ok"].iloc[0]  # re-run by the demo without export, same model
-    twin = {k: getattr(exported[k], "item", lambda v=exported[k]: v)() for k in (*keys, "top1")}
-    fake_cell(sweep, "1", "2030-01-01T00:00:01", **twin)
+    fake_cell(sweep, "1", "2030-01-01T00:00:01", **fields(exported, (*keys, "top1")))
     assert main(["--from-csv", str(report_dir / "results.csv"), str(sweep), "--out", str(report_dir)]) == 0
     merged = pd.read_csv(report_dir / "results.csv")
     assert len(merged) == len(committed)

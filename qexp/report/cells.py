@@ -68,8 +68,7 @@ def merge(committed: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
             f"the cells to merge measured FP32 top-1 {fp32}: they come from different checkpoints or test splits; "
             "report them apart (a new checkpoint needs its own sweeps, not the committed cells)."
         )
-    with_identity = committed.assign(_identity=cell_identity(committed))
-    new = _with_export_of_twin(new.assign(_identity=cell_identity(new)), with_identity).drop(columns="_identity")
+    new = _with_export_of_twin(new, committed)
     kept = [committed[~_give_way(committed, new, on_tie=True)], new[~_give_way(new, committed, on_tie=False)]]
     return newest_per_cell(pd.concat(kept, ignore_index=True))
 
@@ -121,30 +120,30 @@ def newest_per_cell(frame: pd.DataFrame) -> pd.DataFrame:
     # An exported cell (export=onnx) has its twin's key: the newer of the two is shown, never older numbers.
     frame = frame.assign(_identity=cell_identity(frame))
     frame = frame.sort_values("finished_at", kind="stable")  # on a tie the later row (a sweep's, in merge) wins
-    newest = _with_export_of_twin(frame.drop_duplicates("_identity", keep="last"), frame).drop(columns="_identity")
+    newest = _with_export_of_twin(frame.drop_duplicates("_identity", keep="last").drop(columns="_identity"), frame)
     return newest.sort_values(
         ["quant", "observer", "w_bits", "a_bits"], ascending=[True, True, False, False], kind="stable"
     )
 
 
-def _with_export_of_twin(newest: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """A cell re-run without export keeps its exported twin's ONNX fields when the re-run's top-1 is the twin's.
+def _with_export_of_twin(rows: pd.DataFrame, twins: pd.DataFrame) -> pd.DataFrame:
+    """``rows``, each not exported one with the ONNX fields of its newest exported twin in ``twins`` that has its top-1.
 
-    ``newest`` and ``frame`` carry ``_identity`` (``cell_identity``); ``frame`` holds the twins. The same key and
-    the same top-1 are the same model, so its ONNX measurement still stands: a demo that re-runs the grid does
-    not wipe the ONNX table. A re-run with other numbers shows none (they would be older).
+    A twin is a row of the same ``cell_identity``. The same key and the same top-1 are the same model, so its
+    ONNX measurement still stands: a demo that re-runs the grid does not wipe the ONNX table. A re-run with
+    other numbers shows none (they would be older).
     """
-    if "onnx_status" not in frame.columns:
-        return newest
-    onnx = [column for column in frame.columns if column.startswith("onnx_") or column == "export"]
-    exported = frame[frame["onnx_status"].notna()].sort_values("finished_at", kind="stable")
-    exported = exported.drop_duplicates("_identity", keep="last").set_index("_identity")
-    newest = newest.reindex(columns=list(dict.fromkeys([*newest.columns, *onnx]))).astype(dict.fromkeys(onnx, object))
-    for index in newest.index[newest["onnx_status"].isna()]:
-        identity = newest.at[index, "_identity"]
-        if identity in exported.index and exported.at[identity, "top1"] == newest.at[index, "top1"]:
-            newest.loc[index, onnx] = exported.loc[identity, onnx].to_numpy()
-    return newest.astype({column: frame[column].dtype for column in onnx}, errors="ignore")
+    if "onnx_status" not in twins.columns:
+        return rows
+    onnx = [column for column in twins.columns if column.startswith("onnx_") or column == "export"]
+    exported = twins[twins["onnx_status"].notna()].sort_values("finished_at", kind="stable")
+    exported = exported.set_index(cell_identity(exported)).pipe(lambda f: f[~f.index.duplicated(keep="last")])
+    rows = rows.reindex(columns=list(dict.fromkeys([*rows.columns, *onnx]))).astype(dict.fromkeys(onnx, object))
+    for index, identity in cell_identity(rows).items():
+        lends = identity in exported.index and exported.at[identity, "top1"] == rows.at[index, "top1"]
+        if lends and pd.isna(rows.at[index, "onnx_status"]):
+            rows.loc[index, onnx] = exported.loc[identity, onnx].to_numpy()
+    return rows.astype({column: twins[column].dtype for column in onnx})
 
 
 def read_results(path: Path) -> pd.DataFrame:
