@@ -133,7 +133,7 @@ anatomy: venv data
 	$(PY) -m qexp.anatomy "cells=[$(subst $(space),$(comma),$(strip $(ANATOMY_CELLS)))]" output_dir=$(REPORT)/anatomy
 
 # Quantization-aware training from our W4A4 and W2A4 round-to-nearest models and from the W2A4 and W2A2 BRECQ
-# models (15 epochs; 34, 35, about 45 and 46 minutes on the 2-core AMD EPYC with AVX512-BF16; docs/qat.md),
+# models (15 epochs; 34, 35, 41 and 46 minutes on the 2-core AMD EPYC with AVX512-BF16; docs/qat.md),
 # in the same report.
 QAT ?= multirun/qat
 qat: venv data
