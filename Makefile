@@ -18,9 +18,9 @@ ARGS ?=
 # The shipped checkpoint's held-out split exists only in the mirror's order: on torchvision's copy
 # nothing is validated (qexp.cells.weights.check_held_out).
 VAL := $(if $(wildcard $(MIRROR)),,data.val_size=0)
-CELL_ARGS := $(strip $(ARGS) $(VAL) $(if $(REDO),redo=true,))
+CELL_ARGS := $(strip $(ARGS) $(VAL) $(EXTRA_TEST) $(if $(REDO),redo=true,))
 
-.PHONY: venv data test demo study grid grid-main recovery levels seeds anatomy qat onnx report teacher train proxies lint
+.PHONY: venv data test demo study grid grid-main recovery levels seeds anatomy qat onnx report foreign teacher train proxies lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,14 +61,15 @@ test: venv
 demo: venv data
 	$(MAKE) grid-main report
 
-# Everything the README's tables and figures come from, one target after the other (about 7 hours on the
+# Everything the README's tables and figures come from, one target after the other (about 8 hours on the
 # 2-core EPYC, added up from the cells' seconds).
 study: venv data
-	$(MAKE) grid recovery seeds qat onnx anatomy report
+	$(MAKE) grid recovery seeds qat onnx foreign anatomy report
 
 # $(call sweep,FAMILY/NAME,ROOT): python -m qexp.quantize -m +sweep=FAMILY/NAME, the sweep conf/sweep/FAMILY/NAME.yaml
-# (docs/sweeps.md), on this machine's copy of CIFAR-10 and with ARGS and REDO on every cell. Its cells land where
-# the file says, multirun/FAMILY/NAME, unless ROOT (GRID, RECOVERY, SEEDS, QAT or ONNX) was moved: then in ROOT/NAME.
+# (docs/sweeps.md), on this machine's copy of CIFAR-10 (and its first 1 017 original test images where they are here)
+# and with ARGS and REDO on every cell. Its cells land where the file says, multirun/FAMILY/NAME, unless ROOT (GRID,
+# RECOVERY, SEEDS, QAT, ONNX or FOREIGN_CELLS) was moved: then in ROOT/NAME.
 moved_dir = $(if $(filter multirun/$(1),$(2)/$(notdir $(1))),, hydra.sweep.dir=$(2)/$(notdir $(1)))
 sweep = $(PY) -m qexp.quantize -m +sweep=$(1) data=$(DATA) $(CELL_ARGS)$(call moved_dir,$(1),$(2))
 
@@ -88,10 +89,10 @@ grid: grid-main
 	$(call sweep,grid/custom_fl8,$(GRID))
 	$(call sweep,grid/custom_a8_fl8,$(GRID))
 
-# Beyond round-to-nearest (docs/recovery.md): per-layer sensitivity, learned rounding for the
-# W4A4 and W2A4 goals (about 10 minutes a cell on the 2-core Xeon), equalization, bias
-# correction, mixed precision, W2A2, then AdaRound per layer. Results land beside the grid's and
-# in the same report.
+# Beyond round-to-nearest (docs/recovery.md): per-layer sensitivity, learned rounding for the W4A4 and W2A4 goals
+# (about 10 minutes a cell on the 2-core Xeon), equalization, bias correction, mixed precision, W2A2, BRECQ with an
+# 8-bit stem and classifier, and with 8 000 steps a unit at W2A4 (about 40 minutes), then AdaRound per layer.
+# Results land beside the grid's and in the same report.
 recovery: venv data
 	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS) $(VAL)
 	$(call sweep,recovery/brecq,$(RECOVERY))
@@ -99,6 +100,9 @@ recovery: venv data
 	$(call sweep,recovery/cle_bias,$(RECOVERY))
 	$(call sweep,recovery/mixed,$(RECOVERY))
 	$(call sweep,recovery/brecq_a2,$(RECOVERY))
+	$(call sweep,recovery/brecq_fl8,$(RECOVERY))
+	$(call sweep,recovery/brecq_a2_fl8,$(RECOVERY))
+	$(call sweep,recovery/brecq_steps,$(RECOVERY))
 	$(call sweep,recovery/adaround,$(RECOVERY))
 	$(call sweep,recovery/per_reader,$(RECOVERY))
 	$(MAKE) levels report
@@ -158,11 +162,24 @@ onnx: venv data
 
 # The sweeps' cells merged into the committed report: a re-run cell replaces its committed twin, every
 # other committed cell stays (a report of the sweeps alone would drop them). The README's and docs' generated
-# tables follow, with the narrow network's headline numbers (its committed cells, NARROW) beside the new ones.
+# tables follow, with the narrow network's headline numbers (its committed cells, NARROW) beside the new ones, and
+# the recipes' cells on akamaster's ResNet20 (make foreign's report) beside ours.
 NARROW := multirun_reports/resnet20_narrow/results.csv
 report:
 	$(PY) -m qexp.report $(if $(wildcard $(REPORT)/results.csv),--from-csv $(REPORT)/results.csv,) \
-		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX) $(SEEDS)) --out $(REPORT) --readme README.md docs --baseline $(NARROW)
+		$(wildcard $(GRID) $(RECOVERY) $(QAT) $(ONNX) $(SEEDS)) --out $(REPORT) --readme README.md docs --baseline $(NARROW) \
+		$(if $(wildcard $(FOREIGN_REPORT)/results.csv),--foreign $(FOREIGN_REPORT)/results.csv,)
+
+# The W4A4, W2A4 and W2A2 recipes, round to nearest and BRECQ, run unchanged on akamaster's ResNet20 (FOREIGN, a
+# model they were not tuned on; 6 cells, about 35 minutes on the 2-core AMD EPYC), scored on the first 1 017
+# original test images too where they are here. Its own report: the study's report takes one checkpoint's cells.
+FOREIGN_CELLS ?= multirun/foreign
+FOREIGN_REPORT ?= multirun_reports/foreign_resnet20
+foreign: venv data
+	$(call sweep,foreign/a4,$(FOREIGN_CELLS))
+	$(call sweep,foreign/w2a2,$(FOREIGN_CELLS))
+	$(PY) -m qexp.report $(if $(wildcard $(FOREIGN_REPORT)/results.csv),--from-csv $(FOREIGN_REPORT)/results.csv,) \
+		$(FOREIGN_CELLS) --out $(FOREIGN_REPORT)
 
 # The reference recipe on the full-width ResNet20 (conf/experiment/final.yaml, 200 epochs -> outputs/final,
 # the candidate to replace the shipped checkpoint; resumes an interrupted run), and the distillation teacher.

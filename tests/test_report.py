@@ -263,6 +263,49 @@ def test_a_full_range_weight_grid_is_a_cell_of_its_own_and_a_validation_table_ap
     assert "| + full-range weights + BRECQ | **66.00** | 1 |" in table
 
 
+def test_a_recipe_with_a_wider_stem_and_classifier_is_a_recovery_row_of_its_own(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    fake_cell(sweep, "0", "2026-01-01T00:00:00", w_bits=2, a_bits=4, top1=14.0)
+    fake_cell(sweep, "1", "2026-01-01T00:00:01", w_bits=2, a_bits=4, top1=75.0, recovery="BRECQ")
+    fake_cell(sweep, "2", "2026-01-01T00:00:02", w_bits=2, a_bits=4, top1=79.0, recovery="BRECQ", first_last_bits=8)
+    fake_cell(sweep, "3", "2026-01-01T00:00:03", w_bits=2, a_bits=4, top1=20.0, first_last_bits=8)
+    table = recovery_table(collect([sweep]))
+    assert "| + BRECQ | 75.00 | 1 |" in table  # every layer at W2A4 keeps its row
+    assert "| + first/last 8 bit + BRECQ | **79.00** | 1 |" in table and "| + first/last 8 bit | 20.00 | 1 |" in table
+    assert [line.split(" |")[0] for line in table.splitlines()[2:]] == [
+        "| round-to-nearest", "| + first/last 8 bit", "| + BRECQ", "| + first/last 8 bit + BRECQ"
+    ]  # fmt: skip
+
+
+def test_the_foreign_block_sets_another_models_cells_beside_ours_on_each_test_set(tmp_path: Path):
+    """``--foreign``: the recipes run unchanged on another checkpoint, each model against its own FP32."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    original = {"extra_test_label": "original", "extra_test_fp32_top1": 92.0}
+    for root, checkpoint, fp32, drop in ((ours, "w.pt", 89.0, 1.0), (theirs, "other/foreign.th", 81.0, 10.0)):
+        common = {"checkpoint": checkpoint, "fp32_top1": fp32, "w_bits": 4, "a_bits": 4, "observer": "mse"}
+        fake_cell(root, "0", "2026-01-01T00:00:00", **common, top1=fp32 - drop, extra_test_top1=80.0,
+                  extra_test_stderr=1.25, **original)  # fmt: skip
+        fake_cell(root, "1", "2026-01-01T00:00:01", **common, top1=fp32 - 0.5, recovery="BRECQ")
+    fake_cell(ours, "2", "2026-01-01T00:00:02", w_bits=8, a_bits=8, top1=88.9, fp32_top1=89.0)  # not run on theirs
+    fake_cell(theirs, "2", "2026-01-01T00:00:02", w_bits=2, a_bits=4, observer="mse", top1=70.0, fp32_top1=81.0,
+              checkpoint="other/foreign.th")  # not run on ours  # fmt: skip
+    report([theirs], tmp_path / "theirs_report")
+    page = tmp_path / "page.md"
+    page.write_text("<!-- report:foreign -->\n<!-- /report:foreign -->\n")
+    args = [str(ours), "--out", str(tmp_path / "report"), "--readme", str(page)]
+    blocks = ["glance", "results", "sizes", "recovery", "mixed", "onnx", "spread"]
+    (tmp_path / "rest.md").write_text("".join(f"<!-- report:{name} -->\n<!-- /report:{name} -->\n" for name in blocks))
+    assert main([*args, str(tmp_path / "rest.md"), "--foreign", str(tmp_path / "theirs_report" / "results.csv")]) == 0
+    lines = page.read_text().splitlines()[1:-1]
+    assert lines[0] == "| model · test images | FP32 | W4A4 round-to-nearest | W4A4 BRECQ | W2A4 round-to-nearest |"
+    assert lines[2:] == [
+        "| `w.pt` · synthetic | 89.00 | 88.00 (-1.00) | 88.50 (-0.50) |  |",
+        "| `w.pt` · original | 92.00 | 80.00 ± 1.25 (-12.00) |  |  |",
+        "| `foreign.th` · synthetic | 81.00 | 71.00 (-10.00) | 80.50 (-0.50) | 70.00 (-11.00) |",
+        "| `foreign.th` · original | 92.00 | 80.00 ± 1.25 (-12.00) |  |  |",
+    ]
+
+
 def test_cells_with_the_same_labels_but_other_settings_are_kept_apart(tmp_path: Path):
     sweep = tmp_path / "sweep"
     fake_cell(sweep, "0", "2026-01-01T00:00:00", top1=80.0, cell_key="a" * 64)

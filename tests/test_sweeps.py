@@ -26,10 +26,11 @@ from tests.conftest import CONF, ROOT
 
 SWEEPS = CONF / "sweep"
 CHECKPOINT = ROOT / "qexp" / "assets" / "resnet20_cifar10_jpeg.pt"  # any file: both sides hash the same bytes
+FOREIGN = "data/reference-models/resnet20-12fca82f.th"  # make data's copy of akamaster's ResNet20
 MACHINE = ["data=cifar10", "data.val_size=0"]  # data=$(DATA) $(CELL_ARGS) where the JPEG mirror is absent
 
 # What each sweep replaced: its Makefile line's overrides between data=$(DATA) and $(CELL_ARGS), with the
-# Makefile's default roots (GRID, RECOVERY, QAT, ONNX) and Q = quant=custom_ptq observer=mse written out.
+# Makefile's default roots (GRID, RECOVERY, QAT, ONNX, FOREIGN_CELLS) and Q = quant=custom_ptq observer=mse written out.
 REPLACED = {
     "grid/fp32": "quant=none hydra.sweep.dir=multirun/grid/fp32",
     "grid/torch_int8": "quant=torch_ptq bits=2,4,8 observer=minmax,mse hydra.sweep.dir=multirun/grid/torch_int8",
@@ -52,6 +53,12 @@ REPLACED = {
     "hydra.sweep.dir=multirun/recovery/mixed",
     "recovery/brecq_a2": "quant=custom_ptq observer=mse bits=2 quant.reconstruct=block "
     "hydra.sweep.dir=multirun/recovery/brecq_a2",
+    "recovery/brecq_fl8": "quant=custom_ptq observer=mse bits=4,2 quant.a_bits=4 quant.first_last_bits=8 "
+    "quant.reconstruct=block hydra.sweep.dir=multirun/recovery/brecq_fl8",
+    "recovery/brecq_a2_fl8": "quant=custom_ptq observer=mse bits=2 quant.first_last_bits=8 quant.reconstruct=block "
+    "hydra.sweep.dir=multirun/recovery/brecq_a2_fl8",
+    "recovery/brecq_steps": "quant=custom_ptq observer=mse bits=2 quant.a_bits=4 quant.reconstruct=block "
+    "quant.reconstruction.steps=8000 hydra.sweep.dir=multirun/recovery/brecq_steps",
     "recovery/adaround": "quant=custom_ptq observer=mse bits=4,2 quant.a_bits=4 quant.reconstruct=layer "
     "quant.reconstruction.drop=0 quant.reconstruction.scale_lr=0 hydra.sweep.dir=multirun/recovery/adaround",
     "recovery/full_grid": "quant=custom_ptq observer=mse bits=2 quant.a_bits=4,2 quant.weight_grid=full "
@@ -72,6 +79,10 @@ REPLACED = {
     "hydra.sweep.dir=multirun/qat/w2a4_brecq",
     "qat/w2a2": "quant=qat observer=mse bits=2 quant.a_bits=2 quant.reconstruct=block "
     "hydra.sweep.dir=multirun/qat/w2a2",
+    "foreign/a4": f"checkpoint={FOREIGN} data.val_size=0 quant=custom_ptq observer=mse bits=4,2 quant.a_bits=4 "
+    "quant.reconstruct=null,block hydra.sweep.dir=multirun/foreign/a4",
+    "foreign/w2a2": f"checkpoint={FOREIGN} data.val_size=0 quant=custom_ptq observer=mse bits=2 "
+    "quant.reconstruct=null,block hydra.sweep.dir=multirun/foreign/w2a2",
     "onnx/fp32": "quant=none export=onnx hydra.sweep.dir=multirun/onnx/fp32",
     "onnx/custom": "quant=custom_ptq observer=mse bits=2,4,8,16 export=onnx hydra.sweep.dir=multirun/onnx/custom",
     "onnx/custom_minmax": "quant=custom_ptq observer=minmax bits=8 export=onnx "
@@ -165,8 +176,9 @@ def make_dry_run(*arguments: str) -> list[list[str]]:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_the_makefile_names_each_sweep_once_with_this_machines_data_and_args():
-    machine = ["MIRROR=/nowhere/cifar10-jpeg.tar.gz"]  # a machine without the JPEG mirror: DATA and VAL as MACHINE
-    named = make_dry_run("grid", "recovery", "seeds", "qat", "onnx", *machine)  # recovery runs make levels too
+    # A machine without the JPEG mirror (DATA and VAL as MACHINE), so without its 1 017 original test images either.
+    machine = ["MIRROR=/nowhere/cifar10-jpeg.tar.gz", "ORIGINAL=/nowhere/cifar10-original-test-first1017.tar.gz"]
+    named = make_dry_run("grid", "recovery", "seeds", "qat", "onnx", "foreign", *machine)  # recovery: make levels too
     names = [args[0].removeprefix("+sweep=") for args in named]
     assert len(set(names)) == len(names) and set(REPLACED) <= set(names) <= set(sweep_names())
     assert all(args[1:] == MACHINE for args in named)  # the command lines that test_a_sweep_runs_... composes

@@ -22,18 +22,24 @@ from qexp.report.readme import fill_pages, markdown_pages, page_blocks
 from qexp.report.tables import results_markdown
 
 USAGE = """python -m qexp.report SWEEP_DIR [...] --out multirun_reports/NAME [--readme PAGE ...] [--baseline CSV]
+                                 [--foreign CSV]
        python -m qexp.report --from-csv REPORT_DIR/results.csv [SWEEP_DIR ...] --out REPORT_DIR [--readme PAGE ...]
 PAGE: a Markdown file or a folder of them, e.g. --readme README.md docs
-CSV: the results.csv of the checkpoint this one replaced (its headline numbers beside these: the baseline block)"""
+--baseline CSV: the results.csv of the checkpoint this one replaced (its headline numbers beside these)
+--foreign CSV: the results.csv of the same recipes on another model (its cells beside these: the foreign block)"""
 
 
 def report(
-    directories: list[Path], out: Path, pages: list[Path] | None = None, baseline: pd.DataFrame | None = None
+    directories: list[Path],
+    out: Path,
+    pages: list[Path] | None = None,
+    baseline: pd.DataFrame | None = None,
+    foreign: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Collect the sweeps' cells into ``out``: ``results.csv`` (every field), ``results.md``, the plots.
 
     ``pages``: Markdown files whose generated blocks are rewritten (``write``), with ``baseline``'s headline
-    cells beside these when given.
+    cells and ``foreign``'s cells beside these when given.
     """
     frame = collect(directories)
     sensitivity = collect_sensitivity(directories)
@@ -41,7 +47,7 @@ def report(
     frame.to_csv(out / "results.csv", index=False)
     if len(sensitivity):
         sensitivity.to_csv(out / "layer_sensitivity.csv", index=False)
-    write(frame, sensitivity, out, pages, baseline)
+    write(frame, sensitivity, out, pages, baseline, foreign)
     return frame
 
 
@@ -51,6 +57,7 @@ def report_from_csv(
     pages: list[Path] | None = None,
     sweeps: list[Path] | None = None,
     baseline: pd.DataFrame | None = None,
+    foreign: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The report again from a ``results.csv`` (and the ``layer_sensitivity.csv`` beside it), without its sweeps.
 
@@ -71,7 +78,7 @@ def report_from_csv(
         shutil.copyfile(results, out / "results.csv")
         if len(sensitivity):
             shutil.copyfile(results.parent / "layer_sensitivity.csv", out / "layer_sensitivity.csv")
-    write(frame, sensitivity, out, pages, baseline)
+    write(frame, sensitivity, out, pages, baseline, foreign)
     return frame
 
 
@@ -81,6 +88,7 @@ def write(
     out: Path,
     pages: list[Path] | None,
     baseline: pd.DataFrame | None = None,
+    foreign: pd.DataFrame | None = None,
 ) -> None:
     """``results.md`` and the plots into ``out``; the generated blocks of ``pages`` when given.
 
@@ -90,7 +98,7 @@ def write(
     filled = {}
     if pages:
         texts = {page: page.read_text() for page in pages}
-        filled = fill_pages(texts, page_blocks(frame, out, baseline))
+        filled = fill_pages(texts, page_blocks(frame, out, baseline, foreign))
         filled = {page: text for page, text in filled.items() if text != texts[page]}
     (out / "results.md").write_text(results_markdown(frame, sensitivity))
     plot(frame, out)
@@ -120,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="the results.csv of the checkpoint this one replaced: its headline numbers beside these (--readme)",
     )
+    parser.add_argument(
+        "--foreign",
+        type=Path,
+        help="the results.csv of the same recipes run on another model (make foreign): its cells beside these",
+    )
     args = parser.parse_args(argv)
     if not args.sweeps and not args.from_csv:
         print("error: give sweep directories, --from-csv RESULTS_CSV, or both.", file=sys.stderr)
@@ -131,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pages = markdown_pages(args.readme) if args.readme else None
         baseline = read_results(args.baseline) if args.baseline else None
+        foreign = read_results(args.foreign) if args.foreign else None
         if args.from_csv:
-            frame = report_from_csv(args.from_csv, args.out, pages, args.sweeps, baseline)
+            frame = report_from_csv(args.from_csv, args.out, pages, args.sweeps, baseline, foreign)
         else:
-            frame = report(args.sweeps, args.out, pages, baseline)
+            frame = report(args.sweeps, args.out, pages, baseline, foreign)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

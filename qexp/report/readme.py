@@ -23,6 +23,7 @@ from qexp.report.selection import default_draw, fp32_cell
 from qexp.report.tables import (
     baseline_table,
     comparison_table,
+    foreign_table,
     glance_table,
     mixed_table,
     onnx_table,
@@ -37,11 +38,17 @@ EMPTY = "No cells of this kind in the report."
 BASELINE_NAMES = ("narrow network (16 live residual channels)", "full-width ResNet20 (this study)")
 
 
-def readme_blocks(frame: pd.DataFrame, glance_image: str, baseline: pd.DataFrame | None = None) -> dict[str, str]:
+def readme_blocks(
+    frame: pd.DataFrame,
+    glance_image: str,
+    baseline: pd.DataFrame | None = None,
+    foreign: pd.DataFrame | None = None,
+) -> dict[str, str]:
     """The text of each generated block, by name; ``glance_image``: the path of ``glance.png`` from the page.
 
     ``baseline``: the cells of the checkpoint this study replaced, whose headline numbers the ``baseline``
-    block sets beside these (no such block without it).
+    block sets beside these (no such block without it). ``foreign``: the cells of another model the recipes
+    were run on unchanged, which the ``foreign`` block sets beside this study's (none without it).
     """
     everything, frame = frame, default_draw(frame)
     fp32 = fp32_cell(frame)
@@ -59,17 +66,22 @@ def readme_blocks(frame: pd.DataFrame, glance_image: str, baseline: pd.DataFrame
     }
     if baseline is not None:
         blocks["baseline"] = baseline_table(baseline, everything, BASELINE_NAMES)
+    if foreign is not None:
+        blocks["foreign"] = foreign_table(everything, foreign) or EMPTY
     return blocks
 
 
 def page_blocks(
-    frame: pd.DataFrame, report_dir: Path, baseline: pd.DataFrame | None = None
+    frame: pd.DataFrame,
+    report_dir: Path,
+    baseline: pd.DataFrame | None = None,
+    foreign: pd.DataFrame | None = None,
 ) -> Callable[[Path], dict[str, str]]:
     """``blocks_for(page)`` for ``fill_pages``: ``readme_blocks`` with the figure's path relative to the page's folder.
 
     The blocks are made once per folder: only the figure's path differs between pages.
     """
-    by_image = functools.cache(lambda image: readme_blocks(frame, image, baseline))
+    by_image = functools.cache(lambda image: readme_blocks(frame, image, baseline, foreign))
     return lambda page: by_image(Path(os.path.relpath(report_dir / "glance.png", page.parent)).as_posix())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qexp.report.cells import SENSITIVITY_SETTING, has, is_float16, recipe, recipes
+from qexp.report.cells import SENSITIVITY_SETTING, has, is_float16, recipe, recipes, settings_key
 
 BITS = [16, 8, 4, 2]  # the widths the tables have a column for and the figures an axis tick, widest first
 
@@ -126,13 +126,16 @@ def best(cells: pd.DataFrame) -> pd.Series | None:
 def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tuple[str, pd.DataFrame]]]:
     """What the recovery table and panel show: the ``(w_bits, a_bits)`` settings a recipe or QAT ran at
     (widest first), and ``(label, ok cells)`` per observer: round-to-nearest (where it ran at one of
-    them), then each recipe and QAT (``+ QAT``, or ``+ recipe + QAT`` when QAT started from a recipe) in
-    order of its top-1 at the first setting it has. Labels name the observer only when there is more
-    than one.
+    them), then each recipe and QAT (``+ QAT``, or ``+ recipe + QAT`` when QAT started from a recipe), and
+    each recipe with the first conv and the classifier wider (``+ first/last 8 bit + recipe``: the row
+    BRECQ and QDrop report, beside every layer at the setting's widths), in order of its top-1 at the first
+    setting it has. Labels name the observer only when there is more than one.
     """
     ok = ok_cells(frame)
     recovered = with_recovery(ok)
     qat = qat_cells(ok)
+    ends = first_last_cells(ok)
+    ends = ends[ends["average_bits"].isna()]
     settings = sorted(
         {*zip(recovered["w_bits"], recovered["a_bits"], strict=True), *zip(qat["w_bits"], qat["a_bits"], strict=True)},
         reverse=True,
@@ -154,9 +157,31 @@ def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tupl
         for start in dict.fromkeys(starts):  # None: QAT from round-to-nearest
             label = f"{prefix}+ {start} + QAT" if start is not None else f"{prefix}+ QAT"
             rows_of_recipes.append((label, tuned[starts.map(lambda recipe, start=start: recipe == start)]))
+        wide = ends[ends["observer"] == observer]
+        for width, start in dict.fromkeys(zip(wide["first_last_bits"], recipes(wide), strict=True)):
+            label = " + ".join(part for part in (f"first/last {int(width)} bit", start) if part is not None)
+            same = (wide["first_last_bits"] == width) & recipes(wide).map(lambda recipe, start=start: recipe == start)
+            rows_of_recipes.append((f"{prefix}+ {label}", wide[same]))
         rows.append((f"{prefix}round-to-nearest", baseline[baseline["observer"] == observer]))
         rows += sorted(rows_of_recipes, key=lambda item: first_top1(item[1]))
     return settings, [(label, cells) for label, cells in rows if first_top1(cells) != float("inf")]
+
+
+def counterparts(foreign: pd.DataFrame, frame: pd.DataFrame) -> list[tuple[pd.Series, pd.Series | None]]:
+    """Each quantized cell of ``foreign`` (another checkpoint's report) beside the cell of ``frame`` with its
+    settings but the checkpoint (None where this study has none), both of the default calibration draw.
+
+    In order of the weight and activation widths, widest first, round-to-nearest before any recipe at each.
+    """
+    theirs, ours = (default_draw(ok_cells(cells)) for cells in (foreign, frame))
+    theirs = theirs[theirs["quant"] != "none"]
+    order = sorted(
+        theirs.index,
+        key=lambda i: (-theirs.at[i, "w_bits"], -theirs.at[i, "a_bits"], recipe(theirs.loc[i]) is not None),
+    )
+    ours_by_setting = dict(zip(settings_key(ours.assign(checkpoint="")), ours.index, strict=True))
+    keys = settings_key(theirs.assign(checkpoint=""))
+    return [(theirs.loc[i], ours.loc[ours_by_setting[keys[i]]] if keys[i] in ours_by_setting else None) for i in order]
 
 
 def glance_cells(frame: pd.DataFrame) -> list[tuple[str, pd.Series]]:

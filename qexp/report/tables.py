@@ -9,6 +9,7 @@ here they are only laid out and written. Columns for fields that later runs reco
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
@@ -17,6 +18,7 @@ from qexp.report.noise import Spread, judged, noise_table, spreads, versus_fp32,
 from qexp.report.selection import (
     BITS,
     at_setting,
+    counterparts,
     default_draw,
     exported_cells,
     fp32_cell,
@@ -154,6 +156,41 @@ def baseline_table(baseline: pd.DataFrame, frame: pd.DataFrame, names: tuple[str
             texts.append(f"{top1_text(cell, reference)} · {cell['observer']}" + (f" · {how}" if how else ""))
         lines.append(f"| {label} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
+
+
+def foreign_table(frame: pd.DataFrame, foreign: pd.DataFrame) -> str:
+    """Markdown: the cells of another checkpoint's report (``foreign``) beside this study's cells of the same
+    settings, one row per model and test set, each against its own FP32 on that set: does a recipe hold on a
+    model it was not tuned on? The second test set (``extra_test_top1``) with one standard error; blank where
+    a cell did not measure it. Models are named by their checkpoint's file name.
+    """
+    pairs = counterparts(foreign, frame)
+    if not pairs:
+        return ""
+    header = ["model · test images", "FP32"]
+    header += [f"W{cell['w_bits']}A{cell['a_bits']} {recipe(cell) or 'round-to-nearest'}" for cell, _ in pairs]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for column in (1, 0):  # this study's model, then the other one
+        cells = [pair[column] for pair in pairs]
+        known = [cell for cell in cells if cell is not None]
+        if not known:
+            continue
+        name = f"`{Path(known[0]['checkpoint']).name}`"
+        lines.append(f"| {name} · {known[0]['data']} | {known[0]['fp32_top1']:.2f} | " + " | ".join(
+            "" if cell is None else top1_text(cell, pd.Series({"top1": cell["fp32_top1"]})) for cell in cells
+        ) + " |")  # fmt: skip
+        extra = [cell for cell in known if not pd.isna(cell.get("extra_test_top1"))]
+        if extra:
+            texts = ["" if cell is None else extra_change_text(cell) for cell in cells]
+            fp32 = f"{extra[0]['extra_test_fp32_top1']:.2f}"
+            lines.append(f"| {name} · {extra[0]['extra_test_label']} | {fp32} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def extra_change_text(row: pd.Series) -> str:
+    """``80.14 ± 1.25 (-11.50)``: ``extra_test_text`` and the change against FP32 on the same images."""
+    text = extra_test_text(row)
+    return f"{text} ({row['extra_test_top1'] - row['extra_test_fp32_top1']:+.2f})" if text else ""
 
 
 def spread_text(spread: Spread | None) -> str:
