@@ -12,6 +12,7 @@ from qexp.report.readme import fill, fill_pages, markdown_pages, page_blocks, st
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "multirun_reports" / "resnet20_ptq"
 NARROW = ROOT / "multirun_reports" / "resnet20_narrow" / "results.csv"  # the checkpoint the study replaced
+FOREIGN = ROOT / "multirun_reports" / "foreign_resnet20" / "results.csv"  # the recipes on akamaster's ResNet20
 PAGES = [ROOT / "README.md", ROOT / "docs"]
 
 
@@ -19,14 +20,15 @@ def test_the_pages_tables_are_what_the_committed_results_csv_gives():
     frame = read_results(REPORT / "results.csv")
     pages = markdown_pages(PAGES)
     assert ROOT / "docs" / "recovery.md" in pages and len(pages) > 2
-    blocks_for = page_blocks(frame, REPORT, read_results(NARROW))
+    blocks_for = page_blocks(frame, REPORT, read_results(NARROW), read_results(FOREIGN))
     stale = stale_pages({page: page.read_text() for page in pages}, blocks_for)
     assert stale == {}, (
         f"generated blocks { {str(page.relative_to(ROOT)): names for page, names in stale.items()} } disagree with "
         f"{REPORT.relative_to(ROOT)}/results.csv; regenerate them with "
         "python -m qexp.report --from-csv multirun_reports/resnet20_ptq/results.csv "
         "--out multirun_reports/resnet20_ptq --readme README.md docs "
-        "--baseline multirun_reports/resnet20_narrow/results.csv"
+        "--baseline multirun_reports/resnet20_narrow/results.csv "
+        "--foreign multirun_reports/foreign_resnet20/results.csv"
     )
     blocks = blocks_for(ROOT / "README.md")
     assert "![results at a glance](multirun_reports/resnet20_ptq/glance.png)" in blocks["glance"]
@@ -36,6 +38,8 @@ def test_the_pages_tables_are_what_the_committed_results_csv_gives():
     assert w4a4 in blocks["glance"]  # with the spread over three calibration draws beside it
     assert "| FP32 | 86.94 | 89.45 |" in blocks["baseline"]  # the narrow network beside the full-width one
     assert "| W4A4, round-to-nearest | 80.89 (-6.05) · mse | 84.50 (-4.95) · mse |" in blocks["baseline"]
+    theirs = "| `resnet20-12fca82f.th` · CIFAR-10 original test images (first 1 017) | 91.64 | 80.14 ± 1.25 (-11.50) |"
+    assert theirs in blocks["foreign"]  # akamaster's model on its own domain, beside ours
 
 
 def test_fill_replaces_only_between_the_markers():

@@ -280,11 +280,12 @@ def test_a_recipe_with_a_wider_stem_and_classifier_is_a_recovery_row_of_its_own(
 def test_the_foreign_block_sets_another_models_cells_beside_ours_on_each_test_set(tmp_path: Path):
     """``--foreign``: the recipes run unchanged on another checkpoint, each model against its own FP32."""
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    original = {"extra_test_label": "original", "extra_test_fp32_top1": 92.0}
-    for root, checkpoint, fp32, drop in ((ours, "w.pt", 89.0, 1.0), (theirs, "other/foreign.th", 81.0, 10.0)):
+    models = ((ours, "w.pt", 89.0, 1.0, 92.0, 80.0), (theirs, "other/foreign.th", 81.0, 10.0, 91.0, 70.0))
+    for root, checkpoint, fp32, drop, original_fp32, original in models:
         common = {"checkpoint": checkpoint, "fp32_top1": fp32, "w_bits": 4, "a_bits": 4, "observer": "mse"}
-        fake_cell(root, "0", "2026-01-01T00:00:00", **common, top1=fp32 - drop, extra_test_top1=80.0,
-                  extra_test_stderr=1.25, **original)  # fmt: skip
+        fake_cell(root, "0", "2026-01-01T00:00:00", **common, top1=fp32 - drop, extra_test_top1=original,
+                  extra_test_stderr=original / 64, extra_test_fp32_top1=original_fp32,
+                  extra_test_label="original")  # fmt: skip
         fake_cell(root, "1", "2026-01-01T00:00:01", **common, top1=fp32 - 0.5, recovery="BRECQ")
     fake_cell(ours, "2", "2026-01-01T00:00:02", w_bits=8, a_bits=8, top1=88.9, fp32_top1=89.0)  # not run on theirs
     fake_cell(theirs, "2", "2026-01-01T00:00:02", w_bits=2, a_bits=4, observer="mse", top1=70.0, fp32_top1=81.0,
@@ -302,7 +303,7 @@ def test_the_foreign_block_sets_another_models_cells_beside_ours_on_each_test_se
         "| `w.pt` · synthetic | 89.00 | 88.00 (-1.00) | 88.50 (-0.50) |  |",
         "| `w.pt` · original | 92.00 | 80.00 ± 1.25 (-12.00) |  |  |",
         "| `foreign.th` · synthetic | 81.00 | 71.00 (-10.00) | 80.50 (-0.50) | 70.00 (-11.00) |",
-        "| `foreign.th` · original | 92.00 | 80.00 ± 1.25 (-12.00) |  |  |",
+        "| `foreign.th` · original | 91.00 | 70.00 ± 1.09 (-21.00) |  |  |",
     ]
 
 

@@ -215,10 +215,9 @@ def _recovery_panel(ax, frame: pd.DataFrame) -> None:
 
 
 def _row_of(cells: pd.DataFrame, top: pd.Series | None) -> bool:
-    """Whether ``cells`` (one row of the recovery panel) share ``top``'s method, recipe and observer."""
-    setting = ("quant", "recovery", "observer")
-    return top is not None and all(tuple(cell[key] for key in setting) == tuple(top[key] for key in setting)
-                                   for _, cell in cells.iterrows())  # fmt: skip
+    """Whether ``top`` is one of ``cells`` (one row of the recovery panel): selections keep the frame's index, so
+    only the row that holds the cell gets its colour, not every row that shares its recovery recipe."""
+    return top is not None and top.name in cells.index
 
 
 def plot_accuracy_vs_size(frame: pd.DataFrame, out: Path) -> Path:

@@ -67,7 +67,7 @@ def readme_blocks(
     if baseline is not None:
         blocks["baseline"] = baseline_table(baseline, everything, BASELINE_NAMES)
     if foreign is not None:
-        blocks["foreign"] = foreign_table(everything, foreign) or EMPTY
+        blocks["foreign"] = foreign_table(foreign, everything) or EMPTY
     return blocks
 
 

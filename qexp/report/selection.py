@@ -127,9 +127,10 @@ def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tupl
     """What the recovery table and panel show: the ``(w_bits, a_bits)`` settings a recipe or QAT ran at
     (widest first), and ``(label, ok cells)`` per observer: round-to-nearest (where it ran at one of
     them), then each recipe and QAT (``+ QAT``, or ``+ recipe + QAT`` when QAT started from a recipe), and
-    each recipe with the first conv and the classifier wider (``+ first/last 8 bit + recipe``: the row
-    BRECQ and QDrop report, beside every layer at the setting's widths), in order of its top-1 at the first
-    setting it has. Labels name the observer only when there is more than one.
+    round-to-nearest and each recipe with the first conv and the classifier wider (``+ first/last 8 bit``,
+    ``+ first/last 8 bit + recipe``: the rows BRECQ and QDrop report, beside every layer at the setting's
+    widths), in order of its top-1 at the first setting it has. Labels name the observer only when there is
+    more than one.
     """
     ok = ok_cells(frame)
     recovered = with_recovery(ok)
@@ -168,17 +169,19 @@ def recovery_rows(frame: pd.DataFrame) -> tuple[list[tuple[int, int]], list[tupl
 
 
 def counterparts(foreign: pd.DataFrame, frame: pd.DataFrame) -> list[tuple[pd.Series, pd.Series | None]]:
-    """Each quantized cell of ``foreign`` (another checkpoint's report) beside the cell of ``frame`` with its
-    settings but the checkpoint (None where this study has none), both of the default calibration draw.
+    """Each quantized cell of ``foreign`` (another checkpoint's report) at uniform widths (no first/last or mixed
+    widths) beside the cell of ``frame`` with its settings but the checkpoint (None where this study has none),
+    both of the default calibration draw; of several such cells of ``frame``, the newest.
 
     In order of the weight and activation widths, widest first, round-to-nearest before any recipe at each.
     """
     theirs, ours = (default_draw(ok_cells(cells)) for cells in (foreign, frame))
-    theirs = theirs[theirs["quant"] != "none"]
+    theirs = theirs[(theirs["quant"] != "none") & theirs["first_last_bits"].isna() & theirs["average_bits"].isna()]
     order = sorted(
         theirs.index,
         key=lambda i: (-theirs.at[i, "w_bits"], -theirs.at[i, "a_bits"], recipe(theirs.loc[i]) is not None),
     )
+    ours = ours.sort_values("finished_at", kind="stable")  # the last of a setting, the newest, wins below
     ours_by_setting = dict(zip(settings_key(ours.assign(checkpoint="")), ours.index, strict=True))
     keys = settings_key(theirs.assign(checkpoint=""))
     return [(theirs.loc[i], ours.loc[ours_by_setting[keys[i]]] if keys[i] in ours_by_setting else None) for i in order]

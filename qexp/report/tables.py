@@ -158,7 +158,7 @@ def baseline_table(baseline: pd.DataFrame, frame: pd.DataFrame, names: tuple[str
     return "\n".join(lines)
 
 
-def foreign_table(frame: pd.DataFrame, foreign: pd.DataFrame) -> str:
+def foreign_table(foreign: pd.DataFrame, frame: pd.DataFrame) -> str:
     """Markdown: the cells of another checkpoint's report (``foreign``) beside this study's cells of the same
     settings, one row per model and test set, each against its own FP32 on that set: does a recipe hold on a
     model it was not tuned on? The second test set (``extra_test_top1``) with one standard error; blank where
@@ -170,8 +170,8 @@ def foreign_table(frame: pd.DataFrame, foreign: pd.DataFrame) -> str:
     header = ["model · test images", "FP32"]
     header += [f"W{cell['w_bits']}A{cell['a_bits']} {recipe(cell) or 'round-to-nearest'}" for cell, _ in pairs]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for column in (1, 0):  # this study's model, then the other one
-        cells = [pair[column] for pair in pairs]
+    theirs, ours = (list(side) for side in zip(*pairs, strict=True))
+    for cells in (ours, theirs):
         known = [cell for cell in cells if cell is not None]
         if not known:
             continue
