@@ -20,7 +20,7 @@ ARGS ?=
 VAL := $(if $(wildcard $(MIRROR)),,data.val_size=0)
 CELL_ARGS := $(strip $(ARGS) $(VAL) $(EXTRA_TEST) $(if $(REDO),redo=true,))
 
-.PHONY: venv data test demo study grid grid-main recovery levels seeds anatomy qat onnx report foreign teacher train proxies lint
+.PHONY: venv data test demo study grid grid-main recovery levels seeds anatomy qat onnx report foreign teacher train train-distilled proxies lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -183,10 +183,14 @@ foreign: venv data
 		$(FOREIGN_CELLS) --out $(FOREIGN_REPORT)
 
 # The reference recipe on the full-width ResNet20 (conf/experiment/final.yaml, 200 epochs -> outputs/final,
-# the candidate to replace the shipped checkpoint; resumes an interrupted run), and the distillation teacher.
-# Both train on the JPEG mirror (data.root); elsewhere add data=cifar10 to the command (docs/training.md).
+# the shipped checkpoint; resumes an interrupted run), the same recipe distilled from the teacher
+# (conf/experiment/final_distill.yaml -> outputs/final-distill, the candidate to replace it), and the teacher.
+# All train on the JPEG mirror (data.root); elsewhere add data=cifar10 to the command (docs/training.md).
 train: venv data
 	$(PY) -m qexp.train experiment=final $(EXTRA_TEST)
+
+train-distilled: venv data
+	$(PY) -m qexp.train experiment=final_distill $(EXTRA_TEST)
 
 teacher: venv data
 	$(PY) -m qexp.train experiment=teacher $(EXTRA_TEST)

@@ -71,3 +71,15 @@ def test_final_experiment_is_the_reference_recipe_on_the_held_out_split(compose_
     assert cfg.trainer.precision == "auto"
     # exported beside its run; it becomes the shipped file only once validation has chosen it
     assert OmegaConf.to_container(cfg)["export_path"] == "${output_dir}/weights.pt"
+
+
+def test_the_distilled_run_differs_from_the_final_one_only_by_its_teacher(compose_in):
+    final, distilled = (
+        OmegaConf.to_container(compose_in("train", [f"experiment={name}"])) for name in ("final", "final_distill")
+    )
+    changed = {key for key in final.keys() | distilled.keys() if final.get(key) != distilled.get(key)}
+    assert changed == {"teacher", "optim"}
+    assert {k for k in final["optim"] if final["optim"][k] != distilled["optim"][k]} == {"label_smoothing"}
+    teacher = distilled["teacher"]
+    assert teacher["checkpoint"] == "outputs/teacher/weights.pt" and teacher["flip_average"] is True
+    assert distilled["data"]["cutout_size"] == 15 and distilled["trainer"]["max_epochs"] == 200

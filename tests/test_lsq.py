@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from qexp.quant.core.affine import fake_quantize
 from qexp.quant.core.lsq import LearnedStepQuantizer, gradient_factor
 from qexp.quant.core.modules import FakeQuantize, Mode
 from qexp.quant.core.observers import OBSERVERS
@@ -79,3 +80,33 @@ def test_adam_follows_the_same_path_with_or_without_the_gradient_scale():
     assert gradient_factor(4 * 6 * 6, 3) == pytest.approx(1 / math.sqrt(144 * 3))
     torch.testing.assert_close(a.scale, b.scale, rtol=1e-5, atol=0)
     assert with_scale == pytest.approx(without, rel=1e-5)
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_the_fused_quantizer_gives_autograds_values_and_gradients_with_and_without_qdrops_mask(axis):
+    """The one-pass forward/backward against ``fake_quantize`` differentiated by autograd, mask by ``where``."""
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 5, 4, 4, generator=generator) * 2).requires_grad_(True)
+    shape = None if axis is None else x.shape
+    quantizer = FakeQuantize(OBSERVERS["minmax"](3, symmetric=axis is not None, axis=axis, shape=shape))
+    quantizer.mode = Mode.OBSERVE
+    quantizer(x.detach() * 0.6)  # a range narrower than x's, so some values are clamped
+    quantizer.freeze()
+    quantizer.mode = Mode.QUANTIZE
+    keep = (torch.rand(x.shape, generator=generator) < 0.5).float()  # QDrop's masks are 0/1 floats
+    upstream = torch.randn(x.shape, generator=generator)
+    for mask in (None, keep):
+        stand_in = LearnedStepQuantizer(quantizer, per_image=axis is None, gradient_scale=False)
+        (stand_in(x, keep=mask) * upstream).sum().backward()
+        fused = x.grad.clone(), stand_in.scale.grad.clone()
+        x.grad = None
+        scale = stand_in.scale.detach().clone().requires_grad_(True)
+        expected = fake_quantize(x, scale, quantizer.zero_point, quantizer.qmin, quantizer.qmax, axis)
+        if mask is not None:
+            expected = torch.where(mask.bool(), x, expected)
+        assert torch.equal(stand_in(x.detach(), keep=mask), expected.detach())  # the same values, bit for bit
+        (expected * upstream).sum().backward()
+        torch.testing.assert_close(fused[0], x.grad, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fused[1], scale.grad, rtol=1e-5, atol=1e-5)
+        assert fused[1].abs().min() > 0  # every scale received a gradient
+        x.grad = None

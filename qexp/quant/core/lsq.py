@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qexp.quant.core.affine import MIN_SCALE, fake_quantize
+from qexp.quant.core.affine import MIN_SCALE, along
 from qexp.quant.core.modules import FakeQuantize, Mode, quantizers, swap_module
 
 
@@ -45,6 +45,52 @@ def scale_gradient(x: Tensor, factor: float) -> Tensor:
 def gradient_factor(values_per_scale: int, qmax: int) -> float:
     """LSQ's ``g = 1 / sqrt(N * qmax)`` for a step size shared by ``N`` values on a grid up to ``qmax``."""
     return 1.0 / math.sqrt(values_per_scale * qmax)
+
+
+def select(mask: Tensor, where_one: Tensor, where_zero: Tensor) -> Tensor:
+    """``torch.where(mask == 1, where_one, where_zero)`` for a 0/1 float ``mask``, as two products and a sum.
+
+    Exact, since one of the two products is zero, and about five times faster on the CPU than
+    ``torch.where`` with a boolean mask (0.15 against 0.56 ms for 262 144 values on the 2-core Xeon).
+    """
+    return where_one * mask + where_zero * (1 - mask)
+
+
+class _LearnedFakeQuantize(torch.autograd.Function):
+    """``dequantize(quantize(x))`` with LSQ's gradients to ``x`` and the scale, worked out in the forward pass.
+
+    The same values and gradients as ``affine.fake_quantize`` differentiated by autograd (a
+    straight-through rounding; autograd's clamp passes nothing at either end of the grid, and
+    neither does this), but autograd records eight elementwise operations over the activation and
+    replays a dozen backwards; here the forward pass keeps two tensors -- where the gradient passes,
+    and ``d x_hat / d s`` per value -- and the backward pass is two products and a sum. Masks are
+    0/1 floats, not booleans: a product by a float is what the CPU does fastest. ``keep`` (QDrop)
+    marks values that pass through in float: they take ``x``, its gradient, and give the scale none.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, keep: Tensor | None) -> Tensor:
+        ratio = torch.div(x, scale)
+        steps = ratio.round().add_(zero_point)
+        inside = ((steps > qmin) & (steps < qmax)).to(x.dtype)
+        steps.clamp_(qmin, qmax).sub_(zero_point)  # q - z
+        # d x_hat / d s: round(x / s) - x / s strictly inside the grid, q - z on its ends and beyond
+        slope = steps - ratio.mul_(inside)
+        out = steps.mul_(scale)
+        if keep is not None:
+            out = select(keep, x, out)
+            inside = torch.maximum(inside, keep)
+            slope.mul_(1 - keep)
+        ctx.scale_shape = scale.shape
+        ctx.save_for_backward(inside, slope)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        inside, slope = ctx.saved_tensors
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_scale = (grad * slope).sum_to_size(ctx.scale_shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_scale, None, None, None, None
 
 
 class LearnedStepQuantizer(nn.Module):
@@ -67,7 +113,8 @@ class LearnedStepQuantizer(nn.Module):
         self.register_buffer("zero_point", quantizer.zero_point.detach().clone())
         self._frozen = (quantizer,)  # a plain tuple: not a submodule, so neither trained nor saved twice
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``x`` on the grid of the learned step; where the 0/1 mask ``keep`` is 1, ``x`` as it is (QDrop)."""
         # Fake quantization is not exact under bf16: with 8 significant bits, x / s of an 8-bit
         # activation (up to 255) is off by up to a whole step, and at 4 bits rounding decisions
         # near a level still move. So the quantizer computes in float32 whatever autocast does;
@@ -78,7 +125,8 @@ class LearnedStepQuantizer(nn.Module):
         if self.gradient_scale:
             values = x[0].numel() if self.per_image else x.numel() // self.scale.numel()
             scale = scale_gradient(scale, gradient_factor(values, self.qmax))
-        return fake_quantize(x, scale, self.zero_point, self.qmin, self.qmax, self.axis)
+        scale_along, zero_point = along(scale, x, self.axis), along(self.zero_point, x, self.axis)
+        return _LearnedFakeQuantize.apply(x, scale_along, zero_point, self.qmin, self.qmax, keep)
 
     @torch.no_grad()
     def write_back(self) -> FakeQuantize:

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from qexp.errors import QexpError
 from qexp.quant.core.capture import keep_input, keep_output, record
-from qexp.quant.core.lsq import LearnedStepQuantizer
+from qexp.quant.core.lsq import LearnedStepQuantizer, select
 from qexp.quant.core.modules import (
     FakeQuantize,
     Mode,
@@ -152,7 +152,7 @@ def _fit(
             index = torch.randint(len(inputs), (config.batch_size,), generator=generator)
             x = inputs[index]
             if float_inputs is not None:
-                x = torch.where(qdrop_mask(x, config.drop, masks), float_inputs[index], x)
+                x = select(qdrop_mask(x, config.drop, masks), float_inputs[index], x)
             loss = output_error(unit(x), targets[index])
             beta = annealed_beta(step, config.steps, config.warmup)
             if beta is not None:
