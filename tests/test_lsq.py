@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qexp.quant.core.affine import fake_quantize
-from qexp.quant.core.lsq import LearnedStepQuantizer, gradient_factor
+from qexp.quant.core.lsq import LearnedStepQuantizer, gradient_factor, masked_choice
 from qexp.quant.core.modules import FakeQuantize, Mode
 from qexp.quant.core.observers import OBSERVERS
 
@@ -110,3 +110,19 @@ def test_the_fused_quantizer_gives_autograds_values_and_gradients_with_and_witho
         torch.testing.assert_close(fused[1], scale.grad, rtol=1e-5, atol=1e-5)
         assert fused[1].abs().min() > 0  # every scale received a gradient
         x.grad = None
+
+
+def test_a_value_exactly_on_an_end_of_the_grid_is_treated_as_clamped():
+    """Our convention, whatever torch's clamp does: the gradient passes strictly inside the grid only."""
+    stand_in = LearnedStepQuantizer(frozen_quantizer(0.5, 1.0), per_image=True, gradient_scale=False)  # levels -0.5..1
+    x = torch.tensor([[-0.5, 0.0, 0.5, 1.0]], requires_grad=True)  # on qmin, inside, inside, on qmax
+    stand_in(x).sum().backward()
+    assert x.grad.tolist() == [[0.0, 1.0, 1.0, 0.0]]
+    assert stand_in.scale.grad.item() == pytest.approx((0 - 1) + 0 + 0 + (3 - 1))  # q - z at both ends
+
+
+def test_masked_choice_is_where_for_a_float_mask():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 8, 8, generator=generator).unbind()
+    mask = (torch.rand(a.shape, generator=generator) < 0.3).float()
+    assert torch.equal(masked_choice(mask, a, b), torch.where(mask.bool(), a, b))

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from qexp.errors import QexpError
 from qexp.quant.core.capture import keep_input, keep_output, record
-from qexp.quant.core.lsq import LearnedStepQuantizer, select
+from qexp.quant.core.lsq import LearnedStepQuantizer, masked_choice
 from qexp.quant.core.modules import (
     FakeQuantize,
     Mode,
@@ -152,7 +152,7 @@ def _fit(
             index = torch.randint(len(inputs), (config.batch_size,), generator=generator)
             x = inputs[index]
             if float_inputs is not None:
-                x = select(qdrop_mask(x, config.drop, masks), float_inputs[index], x)
+                x = masked_choice(qdrop_mask(x, config.drop, masks), float_inputs[index], x)
             loss = output_error(unit(x), targets[index])
             beta = annealed_beta(step, config.steps, config.warmup)
             if beta is not None:
@@ -292,7 +292,7 @@ def reconstruct_unit(
         learned = {}  # name in ``fitted`` -> learned-step stand-in of the activation quantizer there
         if config.scale_lr > 0 or config.drop > 0:
             # Without LSQ's gradient scale: Adam divides a constant factor out (up to its epsilon),
-            # and leaving it out keeps the committed reconstruction cells reproducible bit for bit.
+            # so the factor would only move the steps through that epsilon.
             for name, quantizer in quantizers(fitted, "activation").items():
                 if id(quantizer) not in not_learned:
                     learned[name] = LearnedStepQuantizer(quantizer, per_image=True, gradient_scale=False)
