@@ -91,8 +91,9 @@ grid: grid-main
 
 # Beyond round-to-nearest (docs/recovery.md): per-layer sensitivity, learned rounding for the W4A4 and W2A4 goals
 # (about 10 minutes a cell on the 2-core Xeon), equalization, bias correction, mixed precision, W2A2, BRECQ with an
-# 8-bit stem and classifier, with 8 000 steps a unit at W2A4 (about 40 minutes) and on mixed-precision models of
-# 2.5 and 3 bits a weight, then AdaRound per layer. Results land beside the grid's and in the same report.
+# 8-bit stem and classifier, with 8 000 steps a unit (about 30 minutes a cell: at W2A4, and with an 8-bit stem and
+# classifier at W2A4 and W2A2) and on mixed-precision models of 2.5 and 3 bits a weight, then AdaRound per layer.
+# Results land beside the grid's and in the same report.
 recovery: venv data
 	$(PY) -m qexp.sensitivity data=$(DATA) bits=[4,2] hydra.run.dir=$(RECOVERY)/sensitivity $(ARGS) $(VAL)
 	$(call sweep,recovery/brecq,$(RECOVERY))
@@ -103,6 +104,7 @@ recovery: venv data
 	$(call sweep,recovery/brecq_fl8,$(RECOVERY))
 	$(call sweep,recovery/brecq_a2_fl8,$(RECOVERY))
 	$(call sweep,recovery/brecq_steps,$(RECOVERY))
+	$(call sweep,recovery/brecq_steps_fl8,$(RECOVERY))
 	$(call sweep,recovery/mixed_brecq,$(RECOVERY))
 	$(call sweep,recovery/adaround,$(RECOVERY))
 	$(call sweep,recovery/per_reader,$(RECOVERY))

@@ -59,6 +59,8 @@ REPLACED = {
     "hydra.sweep.dir=multirun/recovery/brecq_a2_fl8",
     "recovery/brecq_steps": "quant=custom_ptq observer=mse bits=2 quant.a_bits=4 quant.reconstruct=block "
     "quant.reconstruction.steps=8000 hydra.sweep.dir=multirun/recovery/brecq_steps",
+    "recovery/brecq_steps_fl8": "quant=custom_ptq observer=mse bits=2 quant.a_bits=4,2 quant.first_last_bits=8 "
+    "quant.reconstruct=block quant.reconstruction.steps=8000 hydra.sweep.dir=multirun/recovery/brecq_steps_fl8",
     "recovery/mixed_brecq": "quant=custom_ptq observer=mse bits=4 quant.average_bits=2.5,3 quant.reconstruct=block "
     "hydra.sweep.dir=multirun/recovery/mixed_brecq",
     "recovery/adaround": "quant=custom_ptq observer=mse bits=4,2 quant.a_bits=4 quant.reconstruct=layer "
