@@ -9,11 +9,16 @@ floor is a bare forward + backward of the same float unit (BatchNorm folded, gra
 weights) at the same batch: what a step costs without quantizers, rounding logits or QDrop. Prints,
 for the stem, a block and the classifier unit, both rates and their ratio (reconstruction's time per
 step over the floor's), and the mean rate over all units.
+
+``--bf16`` runs the fitting loop and the floor under bf16 autocast (the convolutions in bf16, the
+quantizers in fp32 as they always compute): the speed a bf16 reconstruction would have, measured
+before making it one (it changes the maths; production reconstruction runs in fp32).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import platform
 import time
@@ -90,17 +95,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="reconstruction steps per unit")
     parser.add_argument("--skip", type=int, default=20, help="first steps of each unit not timed")
     parser.add_argument("--images", type=int, default=1024, help="calibration images")
+    parser.add_argument("--bf16", action="store_true", help="fitting loop and floor under bf16 autocast")
     args = parser.parse_args()
     torch.manual_seed(0)
     reference = fold_batchnorm(resnet20().eval())
     batches = list(torch.randn(args.images, 3, 32, 32).split(256))
-    rates = reconstruction_rates(reference, batches, args.steps, args.skip)
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     batch_size = ReconstructionConfig().batch_size
+    with precision:
+        rates = reconstruction_rates(reference, batches, args.steps, args.skip)
+        floors = {name: floor_rate(reference, batches, name, args.steps, batch_size) for name in SHOWN}  # it trains
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"W4A4 mse, BRECQ+LSQ+QDrop, batch {batch_size}, {args.steps} steps a unit ({args.skip} untimed)")
+    print(
+        f"W4A4 mse, BRECQ+LSQ+QDrop, batch {batch_size}, {args.steps} steps a unit ({args.skip} untimed), "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}"
+    )
     print(f"{'unit':<22}{'steps/s':>10}{'floor steps/s':>15}{'ratio':>8}")
     for name, label in SHOWN.items():
-        floor = floor_rate(reference, batches, name, args.steps, batch_size)  # after reconstruction: it trains
+        floor = floors[name]
         print(f"{label + ' (' + name + ')':<22}{rates[name]:>10.1f}{floor:>15.1f}{floor / rates[name]:>8.2f}")
     mean = len(rates) / sum(1 / rate for rate in rates.values())
     print(f"{'all ' + str(len(rates)) + ' units':<22}{mean:>10.1f}{'':>15}{'':>8}")
